@@ -1,0 +1,155 @@
+"""Client: the synchronous client of pipelined.
+
+One ZeroMQ DEALER socket per Client, so a Client belongs to one thread. Each
+request carries a fresh `rid`; replies are matched on it, and stale replies (from
+a request whose caller gave up waiting) are dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import zmq
+
+from pipeline_protocol import PROTOCOL_VERSION, decode, encode
+from pipeline_protocol.paths import endpoint
+
+from .connection import probe, resolve_socket
+from .errors import DaemonUnreachable, RequestError, raise_for_record
+from .tasks import command_task, function_task
+
+DEFAULT_TIMEOUT_S = 10.0  # how long a plain request may wait for its reply
+_rids = itertools.count(1)
+
+
+def encode_request(op: str, rid: int, fields: dict[str, Any]) -> bytes:
+    msg = {"v": PROTOCOL_VERSION, "op": op, "rid": rid}
+    msg.update(fields)
+    try:
+        return encode(msg)
+    except TypeError as exc:
+        raise TypeError(f"{op}: arguments must be msgpack-encodable: {exc}") from None
+
+
+def check_reply(reply: Any) -> dict[str, Any]:
+    if not isinstance(reply, dict):
+        raise RequestError("invalid_reply", f"daemon sent a {type(reply).__name__}, not a map")
+    if not reply.get("ok"):
+        err = reply.get("error") or {}
+        raise RequestError(err.get("code", "unknown"), err.get("message", "request failed"), err.get("details"))
+    return reply
+
+
+class Client:
+    """Talks to one pipelined daemon. Use as a context manager, or call close()."""
+
+    def __init__(self, socket: str | None = None, timeout: float = DEFAULT_TIMEOUT_S, context: zmq.Context | None = None):
+        self.socket_path = resolve_socket(socket)
+        self.timeout = timeout
+        probe(self.socket_path)
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint(self.socket_path))
+
+    # -- plumbing ---------------------------------------------------------
+    def request(self, op: str, *, wait_s: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request and return its ok reply; RequestError for an error reply.
+
+        `wait_s` is how long the daemon may legitimately hold the reply (wait,
+        result); None means forever. The socket timeout is added on top.
+        """
+        rid = next(_rids)
+        self._sock.send_multipart([b"", encode_request(op, rid, fields)])
+        budget = None if (wait_s is None and op in ("wait", "result")) else (wait_s or 0) + self.timeout
+        deadline = None if budget is None else time.monotonic() + budget
+        while True:
+            remaining_ms = 1000 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(remaining_ms):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DaemonUnreachable(self.socket_path, f"no reply to {op!r} within {budget:g}s")
+                continue
+            frames = self._sock.recv_multipart()
+            try:
+                reply = decode(frames[-1])
+            except ValueError as exc:
+                raise RequestError("invalid_reply", str(exc)) from None
+            if isinstance(reply, dict) and reply.get("rid") not in (rid, None):
+                continue  # a late reply to an abandoned request
+            return check_reply(reply)
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tasks ------------------------------------------------------------
+    def submit(self, function: str | Callable[..., Any], args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any) -> str:
+        """Submit a function task; returns its task id. Options are task fields."""
+        return self.request("submit", task=function_task(function, args, kwargs, **options))["task_id"]
+
+    def submit_command(self, command: Sequence[str], cwd: str | None = None, env: dict[str, str] | None = None, **options: Any) -> str:
+        """Submit a command (argv list) task; returns its task id."""
+        return self.request("submit", task=command_task(command, cwd, env, **options))["task_id"]
+
+    def submit_many(self, tasks: Iterable[dict[str, Any]]) -> list[str]:
+        """Submit a batch in one round trip, validated as a whole; returns the ids."""
+        return self.request("submit", tasks=list(tasks))["task_ids"]
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        return self.request("get", task_id=task_id)["task"]
+
+    def list(self, state: str | None = None, workflow: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        fields = {k: v for k, v in (("state", state), ("workflow", workflow), ("limit", limit)) if v is not None}
+        return self.request("list", **fields)["tasks"]
+
+    def wait(self, task_ids: Sequence[str] | str, timeout: float | None = None, return_when: str = "all") -> dict[str, Any]:
+        """Wait until the tasks end (or any of them, or the timeout).
+
+        Returns {"tasks": [records of ended tasks], "pending": [ids], "timed_out": bool}.
+        """
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        return self.request("wait", wait_s=timeout, task_ids=ids, timeout=timeout, return_when=return_when)
+
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """The task's result once it ends; TaskFailed if it failed, TimeoutError if it is still going."""
+        reply = self.request("result", wait_s=timeout, task_id=task_id, timeout=timeout)
+        if reply.get("timed_out"):
+            raise TimeoutError(f"task {task_id} did not end within {timeout:g}s")
+        return raise_for_record(reply["task"])
+
+    def cancel(self, task_id: str | None = None, *, workflow: str | None = None) -> dict[str, Any]:
+        fields = {"task_id": task_id} if workflow is None else {"workflow": workflow}
+        return self.request("cancel", **fields)
+
+    # -- daemon -----------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return self.request("ping")
+
+    def status(self) -> dict[str, Any]:
+        return self.request("status")
+
+    def queue_status(self) -> dict[str, Any]:
+        return self.request("queue_status")
+
+    def resource_status(self) -> dict[str, Any]:
+        return self.request("resource_status")
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.request("workers")["workers"]
+
+    def workflow_status(self, workflow: str) -> dict[str, Any]:
+        return self.request("workflow_status", workflow=workflow)
+
+    def drain(self) -> dict[str, Any]:
+        return self.request("drain")
+
+    def shutdown(self) -> dict[str, Any]:
+        return self.request("shutdown")

@@ -1,0 +1,64 @@
+"""Building task specs on the client side (shared by Client, AsyncClient, Executor)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+OPTION_FIELDS = (
+    "task_id",
+    "task_type",
+    "priority",
+    "dependencies",
+    "timeout",
+    "max_retries",
+    "retry_backoff",
+    "memory_limit_mb",
+    "workflow",
+)
+
+
+def function_path(function: str | Callable[..., Any]) -> str:
+    """'pkg.mod:qualname' for a string or an importable module-level callable."""
+    if isinstance(function, str):
+        return function
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        raise ValueError(
+            f"{function!r} cannot be run by a worker: pass 'module:qualname' of a function "
+            "defined at module level in an importable module"
+        )
+    return f"{module}:{qualname}"
+
+
+def _options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - set(OPTION_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+    out = {k: v for k, v in options.items() if v is not None}
+    if "dependencies" in out:
+        out["dependencies"] = list(out["dependencies"])
+    return out
+
+
+def function_task(function: str | Callable[..., Any], args: Sequence[Any] | None, kwargs: dict[str, Any] | None, **options: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"function": function_path(function)}
+    if args:
+        spec["args"] = list(args)
+    if kwargs:
+        spec["kwargs"] = dict(kwargs)
+    spec.update(_options(options))
+    return spec
+
+
+def command_task(command: Sequence[str], cwd: str | None, env: dict[str, str] | None, **options: Any) -> dict[str, Any]:
+    if isinstance(command, str):
+        raise TypeError("command must be an argv list such as ['make', 'test'], not a string")
+    spec: dict[str, Any] = {"command": [str(a) for a in command]}
+    if cwd is not None:
+        spec["cwd"] = str(cwd)
+    if env is not None:
+        spec["env"] = dict(env)
+    spec.update(_options(options))
+    return spec

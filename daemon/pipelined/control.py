@@ -1,0 +1,116 @@
+"""The control socket's edge: frames in, one reply map out, whatever arrives.
+
+A request is [identity, b"", payload] (DEALER/REQ clients) or [identity, payload].
+Anything else (wrong frame count, bytes that are not msgpack, msgpack of the
+wrong shape, an unknown op or version) gets an error reply, or is dropped when
+there is no one to answer; state never changes. Frames over the size limit are
+refused by ZeroMQ itself (MAXMSGSIZE) before they reach Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from pipeline_protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, decode, encode, error, ok
+from pipeline_protocol.codec import MAX_FRAME_BYTES
+
+from .handlers import DEFERRED, HANDLERS
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+log = logging.getLogger("pipelined.control")
+
+MAX_REQUESTS_PER_PASS = 256  # keep the loop fair to workers under a flood of requests
+
+
+def bind_control(ctx: zmq.Context, path: str, mode: int = 0o660) -> zmq.Socket:
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 4096)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    old = os.umask(0o777 & ~mode)  # the socket file is born with the right mode: no window
+    try:
+        sock.bind("ipc://" + path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    return sock
+
+
+def split_frames(frames: list[bytes]) -> tuple[list[bytes], bytes | None]:
+    """(envelope to reply with, payload or None when the frame layout is wrong)."""
+    if len(frames) == 3 and frames[1] == b"":
+        return frames[:2], frames[2]
+    if len(frames) == 2 and frames[1] != b"":
+        return frames[:1], frames[1]
+    return [frames[0], b""], None
+
+
+def handle_frames(sup: Supervisor, frames: list[bytes]) -> dict[str, Any] | None:
+    """Serve one request; returns the reply to send, or None when it was parked."""
+    envelope, payload = split_frames(frames)
+    if payload is None:
+        return error(ErrorCode.INVALID_REQUEST, f"expected one payload frame after the envelope, got {len(frames) - 1} frames")
+    rid = None
+    try:
+        req = decode(payload)
+        if not isinstance(req, dict):
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, f"a request must be a map, not {type(req).__name__}")
+        rid = req.get("rid")
+        if not isinstance(rid, (int, str, type(None))) or isinstance(rid, bool):
+            rid = None
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "rid must be an integer or a string")
+        version = req.get("v")
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version!r} is not supported (this daemon speaks {PROTOCOL_VERSION})", {"supported": [PROTOCOL_VERSION]})
+        op = req.get("op")
+        handler = HANDLERS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r:.60}", {"ops": sorted(HANDLERS)})
+        sup.last_frame_bytes = len(payload)
+        fields = handler(sup, req, envelope)
+        if fields is DEFERRED:
+            return None
+        return ok(rid, **fields)
+    except ValueError as exc:  # undecodable bytes
+        return error(ErrorCode.INVALID_REQUEST, str(exc), rid)
+    except ProtocolError as exc:
+        return error(exc.code, exc.message, rid, exc.details)
+    except Exception as exc:  # a bug of ours: log it, answer, keep serving
+        log.exception("internal error serving a request")
+        return error(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", rid)
+
+
+def send_reply(sock: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -> None:
+    try:
+        data = encode(reply)
+    except (TypeError, ValueError) as exc:
+        data = encode(error(ErrorCode.INTERNAL, f"reply could not be encoded: {exc}", reply.get("rid")))
+    try:
+        sock.send_multipart([*envelope, data], flags=zmq.NOBLOCK)
+    except zmq.Again:
+        log.warning("dropping a reply: the client is not reading")
+    except zmq.ZMQError as exc:
+        log.warning("dropping a reply: %s", exc)
+
+
+def serve_pending(sup: Supervisor, sock: zmq.Socket) -> int:
+    """Serve the requests waiting on the socket, up to a fair share per pass."""
+    served = 0
+    while served < MAX_REQUESTS_PER_PASS:
+        try:
+            frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        served += 1
+        envelope = split_frames(frames)[0]
+        reply = handle_frames(sup, frames)
+        if reply is not None:
+            send_reply(sock, envelope, reply)
+    return served

@@ -1,0 +1,221 @@
+"""WorkerPool: forking, killing and reaping the worker processes.
+
+    supervisor (child subreaper)
+      ├── worker 0   pgid = own pid ── task's children (same group)
+      ├── worker 1                     └── setsid grandchild (own group, still a descendant)
+      └── ...
+
+Each worker is forked straight from the supervisor and immediately makes itself
+clean (worker.py): own process group, fresh signal handlers, inherited fds
+closed, fresh ZeroMQ context. The supervisor is a child subreaper, so anything a
+task leaves behind is re-parented to it and reaped by the same waitpid(-1) that
+reaps workers: no zombie survives a pass of the loop.
+
+A hard kill freezes the worker's group (SIGSTOP, so nothing forks while we
+look), collects every descendant, including ones that left the group with
+setsid, and SIGKILLs them all.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+import psutil
+
+from .worker import worker_main
+
+log = logging.getLogger("pipelined.pool")
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class WorkerHandle:
+    """The supervisor's view of one worker process."""
+
+    __slots__ = ("slot", "pid", "ident", "state", "task_id", "attempt", "tasks_done", "started_at", "kill_reason")
+
+    def __init__(self, slot: int, pid: int):
+        self.slot = slot
+        self.pid = pid
+        self.ident = b"%d" % pid  # its DEALER identity on the worker socket
+        self.state = "starting"  # starting -> idle <-> busy; exiting | killed
+        self.task_id: str | None = None
+        self.attempt = 0
+        self.tasks_done = 0
+        self.started_at = time.time()
+        self.kill_reason: str | None = None
+
+    def info(self) -> dict:
+        return {
+            "slot": self.slot,
+            "pid": self.pid,
+            "state": self.state,
+            "task_id": self.task_id,
+            "tasks_done": self.tasks_done,
+            "started_at": self.started_at,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+
+
+def become_subreaper() -> bool:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def describe_exit(status: int) -> str:
+    """'exit code 3' / 'killed by SIGSEGV' for a waitpid status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return f"status {status}"
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _signal(pid: int, sig: int, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_tree(pid: int) -> int:
+    """SIGKILL a worker, its process group and every descendant; returns how many."""
+    _signal(pid, signal.SIGSTOP, group=True)
+    seen: set[int] = set()
+    for _ in range(3):  # freeze, look again: catches what forked while we looked
+        found = set(_descendants(pid)) - seen
+        if not found:
+            break
+        for child in found:
+            _signal(child, signal.SIGSTOP)
+        seen |= found
+    _signal(pid, signal.SIGKILL, group=True)
+    _signal(pid, signal.SIGKILL)
+    for child in seen:
+        _signal(child, signal.SIGKILL)
+        _signal(child, signal.SIGCONT)  # a stopped process dies of SIGKILL anyway; be sure
+    return 1 + len(seen)
+
+
+class WorkerPool:
+    def __init__(self, size: int, endpoint: str):
+        self.size = size
+        self.endpoint = endpoint
+        self.parent_pid = os.getpid()
+        self.by_pid: dict[int, WorkerHandle] = {}
+        self.by_ident: dict[bytes, WorkerHandle] = {}
+        self.idle: deque[WorkerHandle] = deque()
+        self.forks = 0
+        self.kills = 0
+
+    # -- life -------------------------------------------------------------
+    def spawn(self, slot: int) -> WorkerHandle:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            worker_main(slot, self.endpoint, self.parent_pid)
+        try:
+            os.setpgid(pid, pid)  # also done in the child; whoever runs first wins the race
+        except OSError:
+            pass
+        handle = WorkerHandle(slot, pid)
+        self.by_pid[pid] = handle
+        self.by_ident[handle.ident] = handle
+        self.forks += 1
+        return handle
+
+    def free_slots(self) -> list[int]:
+        used = {h.slot for h in self.by_pid.values()}
+        return [s for s in range(self.size) if s not in used]
+
+    def fill(self) -> list[WorkerHandle]:
+        return [self.spawn(slot) for slot in self.free_slots()]
+
+    def ready(self, handle: WorkerHandle) -> None:
+        """A worker said hello or finished a task: it can take work."""
+        handle.state = "idle"
+        handle.task_id = None
+        self.idle.append(handle)
+
+    def take_idle(self) -> WorkerHandle | None:
+        while self.idle:
+            handle = self.idle.popleft()
+            if handle.state == "idle" and handle.pid in self.by_pid:
+                return handle
+        return None
+
+    def kill(self, handle: WorkerHandle, why: str) -> None:
+        handle.state = "killed"
+        handle.kill_reason = why
+        self.kills += 1
+        n = kill_tree(handle.pid)
+        log.info("worker %d (slot %d): killed for %s (%d processes)", handle.pid, handle.slot, why, n)
+
+    def reap(self) -> list[tuple[WorkerHandle, int]]:
+        """Collect every exited child; returns the workers among them with their status.
+
+        Strays (a task's orphaned descendants, re-parented to us as subreaper) are
+        reaped and forgotten.
+        """
+        gone = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            handle = self.by_pid.pop(pid, None)
+            if handle is None:
+                continue
+            self.by_ident.pop(handle.ident, None)
+            gone.append((handle, status))
+        return gone
+
+    def busy_count(self) -> int:
+        return sum(1 for h in self.by_pid.values() if h.state == "busy")
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for h in self.by_pid.values():
+            out[h.state] = out.get(h.state, 0) + 1
+        return out
+
+    def stop_all(self, grace_s: float) -> None:
+        """Kill every worker tree and reap them, waiting up to grace_s for the reaping."""
+        for handle in list(self.by_pid.values()):
+            if handle.state != "killed":
+                self.kill(handle, "shutdown")
+        deadline = time.monotonic() + grace_s
+        while self.by_pid and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.005)
+                continue
+            handle = self.by_pid.pop(pid, None)
+            if handle is not None:
+                self.by_ident.pop(handle.ident, None)
+        self.reap()

@@ -1,0 +1,357 @@
+"""Scheduler: which task runs next, and what each outcome means.
+
+A pure data structure: no I/O, no processes, no clock of its own. Every method
+that depends on time takes `now` (monotonic seconds) and `wall` (epoch seconds,
+for display only), so tests step time by hand.
+
+    submit ──► pending ──(deps completed)──► queued ──start──► running
+                  ▲                                               │
+                  └──── backoff timer ◄── failed attempt, retries left
+    running ──finish──► completed | failed(error/timeout/worker_lost/memory_limit)
+    any end but completed ──► dependents fail at once: upstream_failed (recursive)
+
+Ready tasks sit in a heap ordered by (-priority, seq): strict priority, FIFO
+within a priority. A task whose type is at its concurrency limit is parked per
+type, so it never blocks tasks of other types behind it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pipeline_protocol import END_STATES, ErrorCode, FailureReason, ProtocolError, TaskState
+from pipeline_protocol.tasks import validate_task_spec
+
+from .store import TaskStore
+from .task import Task
+
+BACKOFF_CAP_S = 300.0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        default_timeout_s: float = 300.0,
+        default_max_retries: int = 3,
+        default_backoff_s: float = 0.5,
+        type_limits: dict[str, int] | None = None,
+        enable_dependencies: bool = True,
+    ):
+        self.store = store
+        self.default_timeout_s = default_timeout_s
+        self.default_max_retries = default_max_retries
+        self.default_backoff_s = default_backoff_s
+        self.type_limits: dict[str, int] = dict(type_limits or {})
+        self.enable_dependencies = enable_dependencies
+        self._seq = itertools.count()
+        self._ready: list[tuple[int, int, Task]] = []  # (-priority, seq, task)
+        self._parked: dict[str, list[tuple[int, int, Task]]] = {}  # type at its limit -> ready entries
+        self._backoffs: list[tuple[float, int, int, Task]] = []  # (when, seq, attempt, task)
+        self._deadlines: list[tuple[float, int, int, Task]] = []  # (deadline, seq, attempt, task)
+        self._dependents: dict[str, list[Task]] = {}
+        self.running: dict[str, Task] = {}
+        self.running_by_type: dict[str, int] = {}
+        self.counts: dict[TaskState, int] = {s: 0 for s in TaskState}
+        self.ended: list[Task] = []  # ended since the owner last took them (take_ended)
+        self.total_execution_s = 0.0
+        self.on_change: Callable[[Task], None] | None = None  # event hook (watch, metrics)
+
+    # -- submit -----------------------------------------------------------
+    def submit(self, specs: Iterable[Any], now: float, wall: float) -> list[str]:
+        """Validate a batch as a whole and accept it, or raise and change nothing."""
+        normalized = [validate_task_spec(spec) for spec in specs]
+        if not normalized:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "submit needs at least one task")
+        batch_ids: dict[str, dict] = {}
+        for spec in normalized:
+            if spec["task_id"] is None:
+                spec["task_id"] = uuid.uuid4().hex[:16]
+            tid = spec["task_id"]
+            if tid in batch_ids or tid in self.store:
+                raise ProtocolError(ErrorCode.DUPLICATE_TASK, f"task id {tid!r} is already taken", {"task_id": tid})
+            batch_ids[tid] = spec
+        for spec in normalized:
+            for dep in spec["dependencies"]:
+                if dep not in batch_ids and dep not in self.store:
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_DEPENDENCY,
+                        f"task {spec['task_id']!r} depends on unknown task {dep!r}",
+                        {"task_id": spec["task_id"], "dependency": dep},
+                    )
+        if not self.enable_dependencies and any(spec["dependencies"] for spec in normalized):
+            raise ProtocolError(ErrorCode.NOT_PERMITTED, "dependency execution is disabled (enable_dependency_execution = false)")
+        _check_acyclic(batch_ids)
+
+        tasks = []
+        for spec in normalized:
+            spec["has_refs"] = len(spec["dependencies"]) > 0 and _has_refs(spec)
+            if spec["timeout"] is None:
+                spec["timeout"] = self.default_timeout_s
+            if spec["max_retries"] is None:
+                spec["max_retries"] = self.default_max_retries
+            if spec["retry_backoff"] is None:
+                spec["retry_backoff"] = self.default_backoff_s
+            task = Task(spec, next(self._seq), wall)
+            self.store.add(task)
+            self.counts[TaskState.PENDING] += 1
+            tasks.append(task)
+        for task in tasks:
+            self._link(task, now, wall)
+        return [t.task_id for t in tasks]
+
+    def _link(self, task: Task, now: float, wall: float) -> None:
+        """Hook a new task to its dependencies; queue it if none is outstanding."""
+        for dep_id in task.dependencies:
+            dep = self.store.get(dep_id)
+            if dep.state is TaskState.COMPLETED:
+                continue
+            if dep.state in END_STATES:
+                self._end(task, TaskState.FAILED, now, wall, FailureReason.UPSTREAM_FAILED, _upstream_error(dep))
+                return
+            task.unmet += 1
+            self._dependents.setdefault(dep_id, []).append(task)
+        if task.unmet == 0:
+            self._queue(task)
+
+    # -- state changes ----------------------------------------------------
+    def _set_state(self, task: Task, state: TaskState) -> None:
+        self.counts[task.state] -= 1
+        self.counts[state] += 1
+        task.state = state
+        self.store.changed(task)
+        if self.on_change is not None:
+            self.on_change(task)
+
+    def _queue(self, task: Task) -> None:
+        self._set_state(task, TaskState.QUEUED)
+        heapq.heappush(self._ready, (-task.priority, task.seq, task))
+
+    def _end(self, task: Task, state: TaskState, now: float, wall: float, reason: FailureReason | None = None, error: dict | None = None) -> None:
+        """End `task`, then fail every dependent that can no longer run (iteratively:
+        a chain of a million tasks must not hit the recursion limit)."""
+        stack = [(task, state, reason, error)]
+        while stack:
+            t, st, why, err = stack.pop()
+            if t.state in END_STATES:
+                continue
+            t.reason = why.value if why is not None else None
+            if err is not None or st is not TaskState.COMPLETED:
+                t.error = err
+            t.end_time = wall
+            t.hold = None
+            self._set_state(t, st)
+            self.ended.append(t)
+            for dependent in self._dependents.pop(t.task_id, ()):
+                if dependent.state in END_STATES:
+                    continue
+                if st is TaskState.COMPLETED:
+                    dependent.unmet -= 1
+                    if dependent.unmet == 0 and dependent.state is TaskState.PENDING and dependent.attempt == 0:
+                        self._queue(dependent)
+                else:
+                    stack.append((dependent, TaskState.FAILED, FailureReason.UPSTREAM_FAILED, _upstream_error(t)))
+
+    # -- dispatch ---------------------------------------------------------
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def next_ready(self) -> Task | None:
+        """Pop the highest-priority queued task whose type has room, or None."""
+        while self._ready:
+            entry = heapq.heappop(self._ready)
+            task = entry[2]
+            if task.state is not TaskState.QUEUED:
+                continue  # cancelled or ended while queued
+            limit = self.type_limits.get(task.task_type)
+            if limit is not None and self.running_by_type.get(task.task_type, 0) >= limit:
+                task.hold = f"task_type {task.task_type} at its limit of {limit}"
+                self._parked.setdefault(task.task_type, []).append(entry)
+                continue
+            task.hold = None
+            return task
+        return None
+
+    def start(self, task: Task, worker_pid: int, now: float, wall: float) -> int:
+        """Mark `task` running on `worker_pid`; returns the attempt number."""
+        task.attempt += 1
+        task.worker_pid = worker_pid
+        task.start_time = wall
+        task.end_time = None
+        task.deadline = now + task.timeout_s
+        self.running[task.task_id] = task
+        self.running_by_type[task.task_type] = self.running_by_type.get(task.task_type, 0) + 1
+        heapq.heappush(self._deadlines, (task.deadline, task.seq, task.attempt, task))
+        self._set_state(task, TaskState.RUNNING)
+        return task.attempt
+
+    def _release(self, task: Task, now: float) -> None:
+        del self.running[task.task_id]
+        left = self.running_by_type[task.task_type] - 1
+        self.running_by_type[task.task_type] = left
+        parked = self._parked.get(task.task_type)
+        if parked:  # room again for this type: its parked tasks compete again
+            for entry in parked:
+                heapq.heappush(self._ready, entry)
+            del self._parked[task.task_type]
+        task.deadline = None
+
+    def finish(self, task_id: str, attempt: int, result: Any, error: dict | None, exec_s: float, now: float, wall: float) -> Task | None:
+        """A worker reported the end of an attempt (error None: success).
+
+        Stale reports (an attempt already given up on) are ignored.
+        """
+        task = self.running.get(task_id)
+        if task is None or task.attempt != attempt:
+            return None
+        self._release(task, now)
+        task.execution_time = exec_s
+        self.total_execution_s += exec_s
+        task.result = result  # a failed command keeps its exit code and output tails
+        if error is None:
+            task.error = None
+            self._end(task, TaskState.COMPLETED, now, wall)
+        else:
+            self._fail_attempt(task, FailureReason.ERROR, error, now, wall)
+        return task
+
+    def lose(self, task_id: str, reason: FailureReason, error: dict, now: float, wall: float) -> Task | None:
+        """The running attempt of `task_id` died (timeout, worker lost, memory limit)."""
+        task = self.running.get(task_id)
+        if task is None:
+            return None
+        self._release(task, now)
+        if task.start_time is not None:
+            task.execution_time = max(0.0, wall - task.start_time)
+        self._fail_attempt(task, reason, error, now, wall)
+        return task
+
+    def _fail_attempt(self, task: Task, reason: FailureReason, error: dict, now: float, wall: float) -> None:
+        if task.retry_count < task.max_retries:
+            task.retry_count += 1
+            task.error = error
+            task.reason = reason.value  # the last attempt's reason, while it waits to retry
+            task.end_time = wall
+            backoff = min(task.retry_backoff_s * 2 ** (task.retry_count - 1), BACKOFF_CAP_S)
+            self._set_state(task, TaskState.PENDING)
+            heapq.heappush(self._backoffs, (now + backoff, task.seq, task.attempt, task))
+        else:
+            self._end(task, TaskState.FAILED, now, wall, reason, error)
+
+    # -- cancel -----------------------------------------------------------
+    def cancel(self, task: Task, now: float, wall: float) -> bool:
+        """Cancel a task that is not running; False if it had already ended."""
+        if task.state in END_STATES:
+            return False
+        if task.state is TaskState.RUNNING:
+            raise RuntimeError("a running task is cancelled by killing its worker: use cancel_running")
+        self._end(task, TaskState.CANCELLED, now, wall, None, {"type": "Cancelled", "message": "cancelled by request"})
+        return True
+
+    def cancel_running(self, task: Task, now: float, wall: float) -> None:
+        """Its worker was killed for a cancel: end it `cancelled`, no retry."""
+        self._release(task, now)
+        if task.start_time is not None:
+            task.execution_time = max(0.0, wall - task.start_time)
+        self._end(task, TaskState.CANCELLED, now, wall, None, {"type": "Cancelled", "message": "cancelled while running; its worker was killed"})
+
+    # -- time -------------------------------------------------------------
+    def expired(self, now: float) -> list[Task]:
+        """Running tasks whose deadline has passed."""
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, attempt, task = heapq.heappop(self._deadlines)
+            if task.state is TaskState.RUNNING and task.attempt == attempt:
+                out.append(task)
+        return out
+
+    def promote_due(self, now: float) -> int:
+        """Queue tasks whose retry backoff is over."""
+        n = 0
+        while self._backoffs and self._backoffs[0][0] <= now:
+            _, _, attempt, task = heapq.heappop(self._backoffs)
+            if task.state is TaskState.PENDING and task.attempt == attempt:
+                self._queue(task)
+                n += 1
+        return n
+
+    def next_wakeup(self) -> float | None:
+        """The earliest monotonic time at which something is due, or None."""
+        times = []
+        while self._deadlines and not _is_live(self._deadlines[0]):
+            heapq.heappop(self._deadlines)  # the attempt ended: its deadline is moot
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
+        if self._backoffs:
+            times.append(self._backoffs[0][0])
+        return min(times) if times else None
+
+    def take_ended(self) -> list[Task]:
+        ended, self.ended = self.ended, []
+        return ended
+
+    # -- views ------------------------------------------------------------
+    def queued_by_priority(self) -> dict[str, int]:
+        from pipeline_protocol import priority_label
+
+        counts = {"HIGH": 0, "MEDIUM": 0, "LOW": 0}
+        for task in self.store.values():
+            if task.state is TaskState.QUEUED:
+                counts[priority_label(task.priority).upper()] += 1
+        return counts
+
+    def results_of(self, task: Task) -> dict[str, Any]:
+        """Results of a task's dependencies, for Ref substitution at dispatch."""
+        return {dep: self.store.get(dep).result for dep in task.dependencies}
+
+
+def _is_live(entry: tuple[float, int, int, Task]) -> bool:
+    task = entry[3]
+    return task.state is TaskState.RUNNING and task.attempt == entry[2]
+
+
+def _has_refs(spec: dict) -> bool:
+    from pipeline_protocol.codec import contains_ref
+
+    return contains_ref(spec["args"]) or contains_ref(spec["kwargs"])
+
+
+def _upstream_error(dep: Task) -> dict[str, Any]:
+    why = f" ({dep.reason})" if dep.reason else ""
+    return {"type": "UpstreamFailed", "message": f"dependency {dep.task_id} ended {dep.state.value}{why}"}
+
+
+def _check_acyclic(batch: dict[str, dict]) -> None:
+    """Reject a cycle inside the batch (tasks already accepted cannot depend on new ones)."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    color = dict.fromkeys(batch, WHITE)
+    for root in batch:
+        if color[root] != WHITE:
+            continue
+        path = [root]
+        iters = [iter(batch[root]["dependencies"])]
+        color[root] = GREY
+        while iters:
+            nxt = next(iters[-1], None)
+            if nxt is None:
+                color[path.pop()] = BLACK
+                iters.pop()
+                continue
+            if nxt not in batch:
+                continue
+            if color[nxt] == GREY:
+                cycle = path[path.index(nxt):] + [nxt]
+                raise ProtocolError(
+                    ErrorCode.DEPENDENCY_CYCLE,
+                    "dependency cycle: " + " -> ".join(cycle),
+                    {"cycle": cycle},
+                )
+            if color[nxt] == WHITE:
+                color[nxt] = GREY
+                path.append(nxt)
+                iters.append(iter(batch[nxt]["dependencies"]))

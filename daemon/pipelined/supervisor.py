@@ -1,0 +1,362 @@
+"""Supervisor: the daemon's one loop, and the only owner of its state.
+
+    clients ──DEALER──► [control ROUTER] ─┐
+                                          │   ┌─────────────┐
+    signals ──► [wakeup pipe] ────────────┼──►│ zmq.Poller  │ one blocking wait;
+                                          │   │ timeout =   │ timeout = next deadline
+    workers ──DEALER──► [worker ROUTER] ──┘   │ next due    │ (task timeout, retry
+        ▲                                     └──────┬──────┘  backoff, wait timeout,
+        │ run                                        ▼         drain grace)
+        └──────────── dispatch ◄── each pass: handle_worker_messages → serve_requests
+                                    → reap_children → enforce_deadlines
+                                    → promote_backoffs → dispatch → answer_waiters
+                                    → flush_store → show_title
+
+Nothing blocks but the poll. Signal handlers do nothing themselves: Python
+writes the signal number to the wakeup pipe, and the loop acts on it in order
+with everything else (SIGCHLD -> reap, SIGTERM/SIGINT -> drain, SIGHUP -> reload).
+A worker's death is therefore seen at once, not on a polling tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import psutil
+import zmq
+
+from pipeline_protocol import ErrorCode, FailureReason, TaskState, decode, encode, error, ok
+from pipeline_protocol import worker_messages as wm
+from pipeline_protocol.codec import MAX_FRAME_BYTES, substitute_refs
+from pipeline_protocol.paths import socket_path_in
+
+from . import control, titles
+from .config import Config
+from .handlers import result_reply, wait_reply
+from .policy import Policy
+from .pool import WorkerPool, become_subreaper, describe_exit
+from .scheduler import Scheduler
+from .store import TaskStore
+from .task import Task
+from .waiters import Waiter, Waiters
+
+log = logging.getLogger("pipelined")
+
+WORKER_SOCKET = "workers.sock"
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _noop_handler(signum: int, frame: Any) -> None:
+    """Only there so Python writes the signal to the wakeup fd; the loop acts on it."""
+
+
+class Supervisor:
+    def __init__(self, config: Config, runtime_dir: str, state_dir: str, store: TaskStore | None = None):
+        self.config = config
+        self.runtime_dir = runtime_dir
+        self.state_dir = state_dir
+        self.socket_path = socket_path_in(runtime_dir)
+        self.worker_socket_path = os.path.join(runtime_dir, WORKER_SOCKET)
+        self.store = store or TaskStore()
+        self.scheduler = Scheduler(
+            self.store,
+            default_timeout_s=config.default_task_timeout,
+            default_max_retries=config.max_task_retries,
+            default_backoff_s=config.default_retry_backoff,
+            type_limits=config.type_limits(),
+            enable_dependencies=config.enable_dependency_execution,
+        )
+        self.policy = Policy(config.allowed_functions, config.allow_commands)
+        self.waiters = Waiters()
+        self.pool = WorkerPool(config.max_workers, "ipc://" + self.worker_socket_path)
+        self.started_mono = time.monotonic()
+        self.draining = False
+        self.drain_deadline: float | None = None
+        self.last_frame_bytes = 0
+        self._wakeup_r = self._wakeup_w = -1
+
+    # -- setup and teardown -----------------------------------------------------
+    def _setup(self) -> None:
+        become_subreaper()
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, _noop_handler)
+        self.ctx = zmq.Context(io_threads=1)
+        self.control = control.bind_control(self.ctx, self.socket_path)
+        self.workers_sock = self.ctx.socket(zmq.ROUTER)
+        self.workers_sock.setsockopt(zmq.LINGER, 0)
+        self.workers_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a dead worker fails loudly
+        self.workers_sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 4096)
+        old = os.umask(0o077)  # only the daemon's user may play worker
+        try:
+            self.workers_sock.bind("ipc://" + self.worker_socket_path)
+        finally:
+            os.umask(old)
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.workers_sock, zmq.POLLIN)
+        self.poller.register(self._wakeup_r, zmq.POLLIN)
+        self.pool.fill()
+
+    def _teardown(self) -> None:
+        for waiter in self.waiters.all():
+            control.send_reply(self.control, waiter.envelope, error(ErrorCode.DRAINING, "pipelined stopped before the task ended", waiter.rid))
+        self.pool.stop_all(grace_s=5.0)
+        self.store.close()
+        self.control.close(linger=0)
+        self.workers_sock.close(linger=0)
+        self.ctx.term()
+        for path in (self.socket_path, self.worker_socket_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        signal.set_wakeup_fd(-1)
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+
+    def run(self) -> int:
+        self._setup()
+        log.info("pipelined %d: listening on %s with %d workers", os.getpid(), self.socket_path, self.pool.size)
+        try:
+            self._loop()
+        finally:
+            self._teardown()
+        log.info("pipelined %d: stopped", os.getpid())
+        return 0
+
+    # -- the loop ---------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            self.poller.poll(self._poll_timeout_ms())
+            now, wall = time.monotonic(), time.time()
+            self.handle_signals()
+            self.handle_worker_messages(now, wall)
+            control.serve_pending(self, self.control)
+            self.reap_children(now, wall)
+            self.enforce_deadlines(now, wall)
+            self.scheduler.promote_due(now)
+            self.dispatch(now, wall)
+            self.answer_waiters(now)
+            self.store.flush()
+            self.show_title()
+            if self.draining and self.finish_drain(now, wall):
+                return
+
+    def _poll_timeout_ms(self) -> int | None:
+        due = [t for t in (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline) if t is not None]
+        if not due:
+            return None
+        # Round up: waking a hair early would only spin until the deadline.
+        return max(0, math.ceil((min(due) - time.monotonic()) * 1000))
+
+    # -- steps ------------------------------------------------------------------
+    def handle_signals(self) -> None:
+        try:
+            data = os.read(self._wakeup_r, 512)
+        except BlockingIOError:
+            return
+        for signum in set(data):
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.begin_drain(f"{signal.Signals(signum).name} received")
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP received: configuration reload is not supported yet; nothing changed")
+
+    def handle_worker_messages(self, now: float, wall: float) -> None:
+        while True:
+            try:
+                frames = self.workers_sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handle = self.pool.by_ident.get(frames[0])
+            if handle is None or len(frames) != 2:
+                continue  # a worker already reaped, or not one of ours
+            try:
+                msg = decode(frames[1])
+                kind = msg["t"]
+            except (ValueError, KeyError, TypeError):
+                log.error("worker %d sent an undecodable message; killing it", handle.pid)
+                self._lose_worker_task(handle, "sent an undecodable message", now, wall)
+                self.pool.kill(handle, "protocol error")
+                continue
+            if kind == wm.DONE:
+                self._on_done(handle, msg, now, wall)
+            elif kind == wm.HELLO and handle.state == "starting":
+                self.pool.ready(handle)
+            elif kind == wm.BYE:
+                handle.state = "exiting"
+
+    def _on_done(self, handle, msg: dict, now: float, wall: float) -> None:
+        if handle.state != "busy" or handle.task_id != msg.get("id"):
+            return  # we gave up on that attempt already (timeout, cancel)
+        task = self.scheduler.finish(msg["id"], msg["a"], msg.get("result"), msg.get("error"), float(msg.get("exec_s") or 0.0), now, wall)
+        handle.tasks_done += 1
+        if task is not None and task.state is TaskState.FAILED:
+            log.info("task %s: failed (%s)", task.task_id, (task.error or {}).get("type"))
+        limit = self.config.max_tasks_per_worker
+        if limit and handle.tasks_done >= limit:
+            handle.state = "exiting"  # recycled: a clean exit, told apart from a crash by this state
+            self._send_worker(handle, {"t": wm.EXIT, "reason": "recycle"})
+        else:
+            self.pool.ready(handle)
+
+    def _send_worker(self, handle, msg: dict) -> bool:
+        try:
+            self.workers_sock.send_multipart([handle.ident, encode(msg)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.warning("worker %d: cannot send (%s)", handle.pid, exc)
+            return False
+
+    def _lose_worker_task(self, handle, why: str, now: float, wall: float) -> None:
+        if handle.state == "busy" and handle.task_id is not None:
+            self.scheduler.lose(handle.task_id, FailureReason.WORKER_LOST, {"type": "WorkerLost", "message": f"worker {handle.pid} {why} while running the task", "traceback": None}, now, wall)
+        handle.task_id = None
+
+    def reap_children(self, now: float, wall: float) -> None:
+        for handle, status in self.pool.reap():
+            how = describe_exit(status)
+            if handle.state == "busy":
+                log.warning("worker %d (slot %d): %s while running task %s", handle.pid, handle.slot, how, handle.task_id)
+                self._lose_worker_task(handle, how, now, wall)
+            elif handle.state not in ("killed", "exiting"):
+                log.warning("worker %d (slot %d): %s while %s", handle.pid, handle.slot, how, handle.state)
+            if not self.draining:
+                self.pool.spawn(handle.slot)
+
+    def enforce_deadlines(self, now: float, wall: float) -> None:
+        for task in self.scheduler.expired(now):
+            handle = self.pool.by_pid.get(task.worker_pid)
+            late_ms = (now - task.deadline) * 1000 if task.deadline is not None else 0.0
+            if handle is not None:
+                self.pool.kill(handle, f"timeout of task {task.task_id}")
+            self.scheduler.lose(
+                task.task_id, FailureReason.TIMEOUT,
+                {"type": "Timeout", "message": f"task exceeded its {task.timeout_s:g}s timeout; its worker's process tree was killed", "traceback": None},
+                now, wall,
+            )
+            log.info("task %s: timed out after %gs (killed %.1f ms past the deadline)", task.task_id, task.timeout_s, late_ms)
+
+    def dispatch(self, now: float, wall: float) -> None:
+        if self.draining:
+            return
+        sched, limit = self.scheduler, self.config.concurrency
+        while sched.has_ready() and len(sched.running) < limit:
+            handle = self.pool.take_idle()
+            if handle is None:
+                return
+            task = sched.next_ready()
+            if task is None:
+                self.pool.idle.appendleft(handle)
+                return
+            attempt = sched.start(task, handle.pid, now, wall)
+            handle.state, handle.task_id = "busy", task.task_id
+            try:
+                data = encode(self._run_message(task, attempt))
+            except (TypeError, ValueError, KeyError) as exc:
+                handle.state, handle.task_id = "idle", None
+                self.pool.idle.appendleft(handle)
+                sched.finish(task.task_id, attempt, None, {"type": "DispatchError", "message": f"cannot build the task's arguments: {exc}", "traceback": None}, 0.0, now, wall)
+                continue
+            try:
+                self.workers_sock.send_multipart([handle.ident, data], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # the worker vanished between hello and now
+                self._lose_worker_task(handle, f"could not be reached ({exc})", now, wall)
+                self.pool.kill(handle, "unreachable")
+
+    def _run_message(self, task: Task, attempt: int) -> dict[str, Any]:
+        msg: dict[str, Any] = {"t": wm.RUN, "id": task.task_id, "a": attempt}
+        if task.function is not None:
+            msg["f"] = task.function
+            if task.has_refs:
+                results = self.scheduler.results_of(task)
+                msg["args"] = substitute_refs(task.args, results)
+                msg["kwargs"] = substitute_refs(task.kwargs, results)
+            else:
+                msg["args"], msg["kwargs"] = task.args, task.kwargs
+        else:
+            msg["c"] = task.command
+        if task.cwd is not None:
+            msg["cwd"] = task.cwd
+        if task.env is not None:
+            msg["env"] = task.env
+        return msg
+
+    def answer_waiters(self, now: float) -> None:
+        ended = self.scheduler.take_ended()
+        if ended and self.waiters.count:
+            for waiter in self.waiters.on_ended(ended):
+                self._answer(waiter, timed_out=False)
+        for waiter in self.waiters.expired(now):
+            self._answer(waiter, timed_out=True)
+
+    def _answer(self, waiter: Waiter, timed_out: bool) -> None:
+        if waiter.kind == "result":
+            fields = result_reply(self, waiter.task_ids[0])
+        else:
+            fields = wait_reply(self, waiter.task_ids, timed_out)
+        control.send_reply(self.control, waiter.envelope, ok(waiter.rid, **fields))
+
+    def show_title(self) -> None:
+        counts = self.scheduler.counts
+        titles.set_title(f"pipelined: supervisor [{self.pool.size} workers, {counts[TaskState.QUEUED]} queued, {counts[TaskState.RUNNING]} running]")
+
+    # -- cancel, drain ----------------------------------------------------------
+    def cancel_task(self, task: Task) -> bool:
+        now, wall = time.monotonic(), time.time()
+        if task.state is not TaskState.RUNNING:
+            return self.scheduler.cancel(task, now, wall)
+        handle = self.pool.by_pid.get(task.worker_pid)
+        if handle is not None and handle.task_id == task.task_id:
+            self.pool.kill(handle, f"cancel of task {task.task_id}")
+            handle.task_id = None
+        self.scheduler.cancel_running(task, now, wall)
+        return True
+
+    def begin_drain(self, why: str, grace_s: float | None = None) -> None:
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+        if self.draining and self.drain_deadline is not None and self.drain_deadline <= deadline:
+            return
+        self.draining = True
+        self.drain_deadline = deadline
+        log.info("draining (%s): no new tasks; %d running get %gs to finish", why, len(self.scheduler.running), grace)
+
+    def finish_drain(self, now: float, wall: float) -> bool:
+        """True when the loop may stop: nothing runs, or the grace period is over."""
+        if self.scheduler.running and now < self.drain_deadline:
+            return False
+        for task in list(self.scheduler.running.values()):
+            handle = self.pool.by_pid.get(task.worker_pid)
+            if handle is not None:
+                self.pool.kill(handle, "shutdown")
+            self.scheduler.lose(task.task_id, FailureReason.WORKER_LOST, {"type": "Interrupted", "message": "pipelined stopped while the task ran", "traceback": None}, now, wall)
+        self.answer_waiters(now)
+        self.store.flush()
+        return True
+
+    # -- views ------------------------------------------------------------------
+    def resource_status(self) -> dict[str, Any]:
+        mem = psutil.virtual_memory()
+        cfg = self.config
+        return {
+            "limits": {
+                "max_cpu_percent": cfg.max_cpu_percent,
+                "max_memory_percent": cfg.max_memory_percent,
+                "max_concurrent_tasks": cfg.concurrency,
+                "min_free_memory_mb": cfg.min_free_memory_mb,
+                "enable_resource_scheduling": cfg.enable_resource_scheduling,
+            },
+            "current": {
+                "concurrent_tasks": len(self.scheduler.running),
+                "cpu_percent": psutil.cpu_percent(interval=None),
+                "memory_percent": mem.percent,
+                "memory_available_mb": round(mem.available / 1048576, 1),
+            },
+        }

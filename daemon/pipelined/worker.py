@@ -1,0 +1,245 @@
+"""Worker: the child side of a forked worker process.
+
+    supervisor ──run──► DEALER (this process) ──► user function / command
+         ▲                                            │
+         └──────────────── done {ok, result|error} ◄──┘
+
+`worker_main` runs in the child right after fork and never returns (os._exit):
+no atexit hooks, no finalizers of objects that belong to the parent. Before it
+touches anything it makes the process its own: a new process group (so the
+supervisor can kill the whole tree with one killpg), default signal handlers,
+every inherited fd above stderr closed (the parent's ZeroMQ and wakeup fds), a
+fresh ZeroMQ context, and a parent-death signal so it never outlives the
+supervisor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from typing import Any
+
+import zmq
+
+from pipeline_protocol import decode, encode
+from pipeline_protocol.codec import MAX_PAYLOAD_BYTES
+from pipeline_protocol import worker_messages as wm
+
+from . import titles
+
+PR_SET_PDEATHSIG = 1
+TAIL_BYTES = 64 * 1024  # how much of a command's stdout/stderr a result keeps
+
+
+def worker_main(slot: int, endpoint: str, parent_pid: int) -> None:
+    code = 0
+    try:
+        _make_process_own(parent_pid)
+        titles.set_title(f"pipelined: worker {slot} idle")
+        _serve(slot, endpoint)
+    except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
+        code = 70
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _die_with_group(signum: int, frame: Any) -> None:
+    # The supervisor is gone (parent-death signal) or we were told to stop:
+    # take the task's processes with us, they share our process group.
+    os.killpg(0, signal.SIGKILL)
+
+
+def _make_process_own(parent_pid: int) -> None:
+    os.setpgid(0, 0)
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _die_with_group)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    os.closerange(3, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        return 65536
+
+
+def _serve(slot: int, endpoint: str) -> None:
+    ctx = zmq.Context(io_threads=1)
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, b"%d" % os.getpid())
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.connect(endpoint)
+    sock.send(encode({"t": wm.HELLO, "pid": os.getpid(), "slot": slot}))
+    while True:
+        msg = decode(sock.recv())
+        kind = msg.get("t")
+        if kind == wm.RUN:
+            titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
+            sock.send(_execute(msg))
+            titles.set_title(f"pipelined: worker {slot} idle")
+        elif kind == wm.EXIT:
+            sock.send(encode({"t": wm.BYE, "pid": os.getpid(), "reason": msg.get("reason", "exit")}))
+            sock.close(linger=2000)
+            ctx.term()
+            return
+
+
+def _label(msg: dict) -> str:
+    if msg.get("f"):
+        return msg["f"]
+    return " ".join(msg.get("c") or [])[:60]
+
+
+# -- running one task -----------------------------------------------------
+def _execute(msg: dict) -> bytes:
+    started = time.perf_counter()
+    result: Any = None
+    error: dict | None = None
+    try:
+        if msg.get("f"):
+            result = _call_function(msg)
+        else:
+            result, error = _run_command(msg)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are task failures too
+        error = describe_exception(exc)
+    exec_s = time.perf_counter() - started
+    return _done(msg, result, error, exec_s)
+
+
+def _done(msg: dict, result: Any, error: dict | None, exec_s: float) -> bytes:
+    reply = {"t": wm.DONE, "id": msg["id"], "a": msg["a"], "ok": error is None, "result": result, "error": error, "exec_s": exec_s}
+    try:
+        data = encode(reply)
+    except (TypeError, ValueError, OverflowError) as exc:
+        reply["ok"], reply["result"] = False, None
+        reply["error"] = {"type": "UnencodableResult", "message": f"the task's result cannot be sent back (msgpack): {exc}", "traceback": None}
+        data = encode(reply)
+    if len(data) > MAX_PAYLOAD_BYTES:
+        reply["ok"], reply["result"] = False, None
+        reply["error"] = {"type": "ResultTooLarge", "message": f"the task's result is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES} [too_large]", "traceback": None}
+        data = encode(reply)
+    return data
+
+
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """Type, message and traceback as text. Must not raise, whatever `exc` does."""
+    try:
+        cls = type(exc)
+        name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    except BaseException:
+        name = "Exception"
+    try:
+        message = str(exc)
+    except BaseException:
+        try:
+            message = repr(exc)
+        except BaseException:
+            message = "<exception message unavailable: its __str__ and __repr__ raised>"
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except BaseException:
+        tb = None
+    return {"type": str(name), "message": str(message), "traceback": tb}
+
+
+@contextmanager
+def _task_context(cwd: str | None, env: dict[str, str] | None):
+    """cwd and env for a function task, restored afterwards (the worker is reused)."""
+    old_cwd = os.getcwd() if cwd else None
+    saved = {k: os.environ.get(k) for k in env} if env else {}
+    added_path = False
+    try:
+        if cwd:
+            os.chdir(cwd)
+            if cwd not in sys.path:
+                sys.path.insert(0, cwd)
+                added_path = True
+        if env:
+            os.environ.update(env)
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if added_path:
+            try:
+                sys.path.remove(cwd)
+            except ValueError:
+                pass
+        if old_cwd is not None:
+            os.chdir(old_cwd)
+
+
+def resolve_function(path: str) -> Any:
+    module_name, _, qualname = path.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{path} is not callable")
+    return target
+
+
+def _call_function(msg: dict) -> Any:
+    with _task_context(msg.get("cwd"), msg.get("env")):
+        function = resolve_function(msg["f"])
+        return function(*msg.get("args") or (), **msg.get("kwargs") or {})
+
+
+def _run_command(msg: dict) -> tuple[dict, dict | None]:
+    env = dict(os.environ)
+    env.update(msg.get("env") or {})
+    # Same process group as this worker: the supervisor's killpg takes it down too.
+    proc = subprocess.Popen(
+        msg["c"], cwd=msg.get("cwd") or None, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, err = _read_tails(proc)
+    code = proc.wait()
+    result = {"exit_code": code, "stdout": out, "stderr": err}
+    if code == 0:
+        return result, None
+    what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    return result, {"type": "CommandFailed", "message": f"{msg['c'][0]} ended with {what}", "traceback": None, "exit_code": code}
+
+
+def _read_tails(proc: subprocess.Popen) -> tuple[str, str]:
+    """Read stdout and stderr to the end, keeping only the last TAIL_BYTES of each."""
+    tails = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    with selectors.DefaultSelector() as sel:
+        for stream in tails:
+            sel.register(stream, selectors.EVENT_READ)
+        while sel.get_map():
+            for key, _ in sel.select():
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+                    continue
+                buf = tails[key.fileobj]
+                buf += chunk
+                if len(buf) > TAIL_BYTES:
+                    del buf[: len(buf) - TAIL_BYTES]
+    return tuple(bytes(b).decode("utf-8", "replace") for b in tails.values())  # type: ignore[return-value]

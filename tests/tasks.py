@@ -1,0 +1,125 @@
+"""Task functions the tests submit (importable as tests.tasks from the repo root)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+
+def noop():
+    return None
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def record(path, value):
+    """Append a line to a file: lets tests see the order tasks ran in."""
+    with open(path, "a") as fh:
+        fh.write(f"{value}\n")
+    return value
+
+
+def flaky(path, fail_times):
+    """Fail the first `fail_times` calls (counted in a file), then succeed."""
+    n = int(open(path).read()) if os.path.exists(path) else 0
+    with open(path, "w") as fh:
+        fh.write(str(n + 1))
+    if n < fail_times:
+        raise RuntimeError(f"attempt {n + 1} fails")
+    return n + 1
+
+
+def exit_with(code):
+    sys.exit(code)
+
+
+def hard_exit(code):
+    os._exit(code)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def spawn_grandchild(pidfile, new_session=False):
+    """Start a long sleeper (optionally in its own session), record its pid, then hang."""
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=new_session)
+    with open(pidfile, "w") as fh:
+        fh.write(str(proc.pid))
+    time.sleep(300)
+
+
+def getpid():
+    return os.getpid()
+
+
+class BadStr(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ exploded")
+
+    def __repr__(self):
+        raise RuntimeError("__repr__ exploded")
+
+
+def raise_bad_str():
+    raise BadStr()
+
+
+class LockHolder(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+
+def raise_lock_holder():
+    raise LockHolder()
+
+
+def unencodable():
+    return object()
+
+
+def big_result(n_bytes):
+    return b"x" * n_bytes
+
+
+def big_alloc(mb, hold_s=5):
+    data = bytearray(mb * 1024 * 1024)
+    for i in range(0, len(data), 4096):
+        data[i] = 1
+    time.sleep(hold_s)
+    return len(data)
+
+
+def cwd_and_env(name):
+    return {"cwd": os.getcwd(), "value": os.environ.get(name)}
