@@ -123,3 +123,63 @@ def big_alloc(mb, hold_s=5):
 
 def cwd_and_env(name):
     return {"cwd": os.getcwd(), "value": os.environ.get(name)}
+
+
+def wait_for_file(path, timeout=30.0):
+    """Block until `path` exists: lets a test hold a worker busy and release it at will."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return True
+
+
+def spawn_daemonized(pidfile):
+    """Double-fork a setsid sleeper, so it is re-parented away from the worker; record its pid, hang."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.execvp("sleep", ["sleep", "300"])
+            with open(pidfile + ".tmp", "w") as fh:
+                fh.write(str(grandchild))
+            os.rename(pidfile + ".tmp", pidfile)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(300)
+
+
+def command_child_pid(pidfile):
+    """Run `sleep` as a child, record its pid, then wait on it (a busy command-like task)."""
+    proc = subprocess.Popen(["sleep", "300"])
+    with open(pidfile + ".tmp", "w") as fh:
+        fh.write(str(proc.pid))
+    os.rename(pidfile + ".tmp", pidfile)
+    proc.wait()
+
+
+def deep(n):
+    """A result nested n lists deep."""
+    value = []
+    for _ in range(n):
+        value = [value]
+    return value
+
+
+def crash_once(path, how="exit"):
+    """Crash the worker on the first call (a marker file remembers it), succeed on the next."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        if how == "segv":
+            segfault()
+        elif how == "kill":
+            kill_self()
+        elif how == "hang":
+            time.sleep(300)
+        else:
+            os._exit(9)
+    return "second attempt"

@@ -53,7 +53,7 @@ class AsyncClient:
         rid = next(self._rids)
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        await self._sock.send_multipart([b"", encode_request(op, rid, fields)])
+        await self._sock.send(encode_request(op, rid, fields))
         budget = None if (wait_s is None and op in ("wait", "result")) else (wait_s or 0) + self.timeout
         try:
             reply = await asyncio.wait_for(fut, budget)

@@ -63,7 +63,7 @@ class Client:
         result); None means forever. The socket timeout is added on top.
         """
         rid = next(_rids)
-        self._sock.send_multipart([b"", encode_request(op, rid, fields)])
+        self._sock.send(encode_request(op, rid, fields))
         budget = None if (wait_s is None and op in ("wait", "result")) else (wait_s or 0) + self.timeout
         deadline = None if budget is None else time.monotonic() + budget
         while True:

@@ -88,7 +88,7 @@ class Executor(cf.Executor):
                     return
                 if ids and outstanding == 0:
                     fields = {"task_ids": ids, "timeout": _WAIT_SLICE_S, "return_when": "any"}
-                    sock.send_multipart([b"", encode_request("wait", next(rids), fields)])
+                    sock.send(encode_request("wait", next(rids), fields))
                     outstanding += 1
                 events = dict(poller.poll())
                 if wake_rx in events:

@@ -395,7 +395,7 @@ class _Locator:
             return None
         if key is not None:
             # `key = ...` inside the section, or a `[key...]` header at top level.
-            key_re = re.compile(r"^\s*\[*\s*[\"']?%s[\"']?\s*[=.\]]" % re.escape(key))
+            key_re = re.compile(r"^\s*\[*\s*" + _quoted(key) + r"\s*[=.\]]")
             for i in range(start, end):
                 if key_re.match(self.lines[i]):
                     return i + 1
@@ -404,10 +404,14 @@ class _Locator:
     def _section(self, section: tuple[str, ...]) -> tuple[int | None, int]:
         if not section:
             return 0, len(self.lines)  # top level: search the whole file
-        parts = r"\s*\.\s*".join(r"[\"']?%s[\"']?" % re.escape(p) for p in section)
-        header = re.compile(r"^\s*\[\s*%s\s*\]" % parts)
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(_quoted, section)) + r"\s*\]")
         for i, line in enumerate(self.lines):
             if header.match(line):
                 end = next((j for j in range(i + 1, len(self.lines)) if self.lines[j].lstrip().startswith("[")), len(self.lines))
                 return i, end
         return None, len(self.lines)
+
+
+def _quoted(name: str) -> str:
+    """A regex for a TOML key written bare, "quoted" or 'quoted'."""
+    return "[\"']?" + re.escape(name) + "[\"']?"

@@ -36,8 +36,8 @@ def emit(outcome: Outcome, as_json: bool, stream: TextIO) -> None:
     stream.flush()
 
 
-def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=_json_default, ensure_ascii=False)
+def to_json(data: Any, indent: int | None = 2) -> str:
+    return json.dumps(data, indent=indent, default=_json_default, ensure_ascii=False)
 
 
 def _json_default(obj: Any) -> Any:
@@ -115,7 +115,7 @@ def error_line(record: dict[str, Any]) -> str | None:
     if not error:
         return None
     message = str(error.get("message", "")).strip().splitlines()
-    return f"{error.get('type', 'Error')}: {message[-1] if message else ''}".rstrip(": ")
+    return f"{error.get('type', 'Error')}: {message[0] if message else ''}".rstrip(": ")
 
 
 # -- views ------------------------------------------------------------------------
@@ -195,30 +195,41 @@ def _flatten(data: dict[str, Any], prefix: str = ""):
             yield f"{prefix}{key}", "-" if value is None else value
 
 
-def records_table(records: list[dict[str, Any]], preferred: Sequence[str]) -> str:
-    """A table of whatever keys the records have, `preferred` ones first."""
-    if not records:
-        return "none"
-    keys = [k for k in preferred if any(k in r for r in records)]
-    keys += [k for r in records for k in r if k not in keys and not isinstance(r[k], (dict, list))]
-    keys = list(dict.fromkeys(keys))
-    rows = [[_cell(r.get(k)) for k in keys] for r in records]
-    return table([k.upper() for k in keys], rows)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return "-" if value is None else str(value)
-
-
 def workers_view(workers: list[dict[str, Any]]) -> str:
-    return records_table(workers, ("index", "pid", "state", "task_id", "function", "tasks_run", "rss_mb"))
+    if not workers:
+        return "no workers"
+    rows = [[w.get("slot"), w.get("pid"), w.get("state"), w.get("task_id"), w.get("tasks_done"), duration(w.get("uptime_s"))] for w in workers]
+    return table(["SLOT", "PID", "STATE", "TASK", "TASKS DONE", "UPTIME"], rows, right=(0, 1, 4, 5))
+
+
+def ping_view(data: dict[str, Any]) -> str:
+    facts = [f"pid {data['pid']}" if "pid" in data else None,
+             f"version {data['version']}" if "version" in data else None,
+             f"up {duration(data['uptime_s'])}" if "uptime_s" in data else None,
+             f"round trip {data['rtt_ms']} ms"]
+    return f"pipelined is up at {data['socket']} ({', '.join(f for f in facts if f)})"
+
+
+def cancel_view(data: dict[str, Any]) -> str:
+    cancelled = data.get("cancelled") or []
+    if data.get("workflow"):
+        if not cancelled:
+            return f"nothing to cancel: every task of workflow {data['workflow']} has ended"
+        return f"cancelled {len(cancelled)} task(s) of workflow {data['workflow']}: {', '.join(cancelled)}"
+    if cancelled:
+        return f"cancelled {', '.join(cancelled)}"
+    return f"nothing to cancel: {data.get('task_id')} is {data.get('status', 'already ended')}"
+
+
+def drain_view(data: dict[str, Any]) -> str:
+    running = data.get("running_tasks") or 0
+    when = f"once its {running} running task(s) finish" if running else "now"
+    return f"pipelined is draining: it starts no new tasks and exits {when}; queued tasks stay in the journal"
+
+
+def shutdown_view(data: dict[str, Any]) -> str:
+    return "pipelined is stopping"
 
 
 def task_id_view(data: dict[str, Any]) -> str:
     return str(data["task_id"])
-
-
-def message_view(data: dict[str, Any]) -> str:
-    return str(data.get("message") or mapping_view(data))

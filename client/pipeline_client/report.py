@@ -16,12 +16,13 @@ from graphlib import TopologicalSorter
 from typing import Any
 
 from .pipeline import Pipeline, Stage
-from .render import duration, error_line, table
+from .render import duration, error_line, shorten, table, to_json
 
 END_STATUSES = frozenset({"completed", "failed", "cancelled"})
 WORST_FIRST = ("failed", "cancelled", "completed")
 COUNTED = ("completed", "running", "queued", "pending", "failed", "cancelled")
 MAX_FAILURES_SHOWN = 10
+MAX_RESULT_KEYS, MAX_RESULT_CHARS = 12, 300  # a final result longer than this is for --json
 
 Records = dict[str, dict[str, Any]]
 
@@ -88,14 +89,17 @@ def critical_path(pipeline: Pipeline, stages: dict[str, dict[str, Any]]) -> dict
     for name in TopologicalSorter(graph).static_order():
         before = max((best[n] for n in graph[name]), key=lambda b: b[0], default=(0.0, []))
         best[name] = (before[0] + (stages[name].get("execution_time") or 0.0), before[1] + [name])
-    length, chain = max(best.values(), key=lambda b: b[0])
+    # Ties go to the longer chain: a stage that never ran still belongs on it.
+    length, chain = max(best.values(), key=lambda b: (b[0], len(b[1])))
     return {"stages": chain, "length": round(length, 3)}
 
 
-def workflow_status(stages: dict[str, dict[str, Any]]) -> str:
+def workflow_status(stages: dict[str, dict[str, Any]], interrupted: bool = False) -> str:
     statuses = {doc["status"] for doc in stages.values()}
     if statuses == {"completed"}:
         return "completed"
+    if interrupted:
+        return "cancelled"  # whatever failed after the cancel failed because of it
     for status in ("failed", "cancelled"):
         if status in statuses:
             return status
@@ -103,14 +107,22 @@ def workflow_status(stages: dict[str, dict[str, Any]]) -> str:
 
 
 def run_document(pipeline: Pipeline, workflow: str, records: Records, elapsed: float, interrupted: bool = False) -> dict[str, Any]:
-    """The one object `pipelinectl --json run` prints."""
+    """The one object `pipelinectl --json run` prints (and the MCP shim returns).
+
+        {"workflow", "pipeline", "file", "status": completed|failed|cancelled|running,
+         "interrupted", "elapsed", "counts": {status: n},
+         "stages": {name: {"status", "reason", "retry_count", "attempts", "execution_time", "needs",
+                           one task:  "task_id", "result", "error"
+                           sharded:   "shards", "completed", "wall_time", "tasks": [records]}},
+         "critical_path": {"stages": [names], "length": seconds}}
+    """
     all_recs = {name: stage_records(stage, workflow, records) for name, stage in pipeline.stages.items()}
     stages = {name: stage_document(pipeline.stages[name], recs) for name, recs in all_recs.items()}
     return {
         "workflow": workflow,
         "pipeline": pipeline.name,
         "file": str(pipeline.path),
-        "status": workflow_status(stages),
+        "status": workflow_status(stages, interrupted),
         "interrupted": interrupted,
         "elapsed": round(elapsed, 3),
         "counts": counts([r for recs in all_recs.values() for r in recs]),
@@ -130,10 +142,38 @@ def summary_view(doc: dict[str, Any]) -> str:
     body = table(["STAGE", "TASKS", "STATUS", "REASON", "ATTEMPTS", "TIME"], rows, right=(1, 4, 5))
     path = doc["critical_path"]
     parts = [head, "", body, "", f"critical path: {' -> '.join(path['stages'])} ({duration(path['length'])})"]
+    for name, result in final_results(doc).items():
+        parts += ["", f"{name} result:", result_text(result)]
     failures = failure_lines(doc)
     if failures:
         parts += ["", "failures:", *failures]
     return "\n".join(parts)
+
+
+def final_results(doc: dict[str, Any]) -> dict[str, Any]:
+    """Results worth showing: completed function stages that no other stage needs.
+
+    That is where a pipeline says what it produced (a report's path, counts).
+    Command results are output tails, already on disk or in `pipelinectl show`.
+    """
+    needed = {n for st in doc["stages"].values() for n in st["needs"]}
+    return {
+        name: st["result"]
+        for name, st in doc["stages"].items()
+        if name not in needed and st["status"] == "completed" and st.get("result") is not None
+        and not (isinstance(st["result"], dict) and "exit_code" in st["result"])
+    }
+
+
+def result_text(result: Any) -> str:
+    """A small flat map as aligned key/value lines; anything else as one line of JSON."""
+    flat = isinstance(result, dict) and 0 < len(result) <= MAX_RESULT_KEYS and all(
+        isinstance(k, str) and not isinstance(v, (dict, list)) for k, v in result.items()
+    )
+    if flat:
+        width = max(len(k) for k in result)
+        return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in result.items())
+    return "  " + shorten(to_json(result, indent=None), MAX_RESULT_CHARS)
 
 
 def failure_lines(doc: dict[str, Any]) -> list[str]:

@@ -15,6 +15,8 @@ OPTION_FIELDS = (
     "retry_backoff",
     "memory_limit_mb",
     "workflow",
+    "cwd",
+    "env",
 )
 
 
@@ -39,6 +41,10 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in options.items() if v is not None}
     if "dependencies" in out:
         out["dependencies"] = list(out["dependencies"])
+    if "cwd" in out:
+        out["cwd"] = str(out["cwd"])
+    if "env" in out:
+        out["env"] = {str(k): str(v) for k, v in out["env"].items()}
     return out
 
 

@@ -36,6 +36,7 @@ from pipeline_protocol.codec import MAX_FRAME_BYTES, substitute_refs
 from pipeline_protocol.paths import socket_path_in
 
 from . import control, titles
+from .control import EVENTS, NOBLOCK, POLLIN
 from .config import Config
 from .handlers import result_reply, wait_reply
 from .policy import Policy
@@ -79,6 +80,7 @@ class Supervisor:
         self.drain_deadline: float | None = None
         self.last_frame_bytes = 0
         self._wakeup_r = self._wakeup_w = -1
+        self._child_exited = False  # SIGCHLD seen since the last reap
 
     # -- setup and teardown -----------------------------------------------------
     def _setup(self) -> None:
@@ -134,12 +136,16 @@ class Supervisor:
     # -- the loop ---------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            self.poller.poll(self._poll_timeout_ms())
+            ready = dict(self.poller.poll(self._poll_timeout_ms()))
             now, wall = time.monotonic(), time.time()
-            self.handle_signals()
-            self.handle_worker_messages(now, wall)
-            control.serve_pending(self, self.control)
-            self.reap_children(now, wall)
+            if self._wakeup_r in ready:
+                self.handle_signals()
+            if self.workers_sock in ready:
+                self.handle_worker_messages(now, wall)
+            if self.control in ready:
+                control.serve_pending(self, self.control)
+            if self._child_exited:
+                self.reap_children(now, wall)
             self.enforce_deadlines(now, wall)
             self.scheduler.promote_due(now)
             self.dispatch(now, wall)
@@ -163,17 +169,17 @@ class Supervisor:
         except BlockingIOError:
             return
         for signum in set(data):
-            if signum in (signal.SIGTERM, signal.SIGINT):
+            if signum == signal.SIGCHLD:
+                self._child_exited = True
+            elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.begin_drain(f"{signal.Signals(signum).name} received")
             elif signum == signal.SIGHUP:
                 log.info("SIGHUP received: configuration reload is not supported yet; nothing changed")
 
     def handle_worker_messages(self, now: float, wall: float) -> None:
-        while True:
-            try:
-                frames = self.workers_sock.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        sock = self.workers_sock
+        while sock.getsockopt(EVENTS) & POLLIN:
+            frames = sock.recv_multipart(NOBLOCK)
             handle = self.pool.by_ident.get(frames[0])
             if handle is None or len(frames) != 2:
                 continue  # a worker already reaped, or not one of ours
@@ -208,7 +214,7 @@ class Supervisor:
 
     def _send_worker(self, handle, msg: dict) -> bool:
         try:
-            self.workers_sock.send_multipart([handle.ident, encode(msg)], flags=zmq.NOBLOCK)
+            self.workers_sock.send_multipart([handle.ident, encode(msg)], NOBLOCK)
             return True
         except zmq.ZMQError as exc:
             log.warning("worker %d: cannot send (%s)", handle.pid, exc)
@@ -220,6 +226,9 @@ class Supervisor:
         handle.task_id = None
 
     def reap_children(self, now: float, wall: float) -> None:
+        self._child_exited = False
+        # A worker's last words (its result) may still sit in the socket: read them first.
+        self.handle_worker_messages(now, wall)
         for handle, status in self.pool.reap():
             how = describe_exit(status)
             if handle.state == "busy":
@@ -265,7 +274,7 @@ class Supervisor:
                 sched.finish(task.task_id, attempt, None, {"type": "DispatchError", "message": f"cannot build the task's arguments: {exc}", "traceback": None}, 0.0, now, wall)
                 continue
             try:
-                self.workers_sock.send_multipart([handle.ident, data], flags=zmq.NOBLOCK)
+                self.workers_sock.send_multipart([handle.ident, data], NOBLOCK)
             except zmq.ZMQError as exc:  # the worker vanished between hello and now
                 self._lose_worker_task(handle, f"could not be reached ({exc})", now, wall)
                 self.pool.kill(handle, "unreachable")

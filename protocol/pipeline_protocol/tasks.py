@@ -92,8 +92,6 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         raise _bad("cwd", "must be a string path", tid)
     if env is not None and (not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         raise _bad("env", "must map strings to strings", tid)
-    if function is not None and (cwd is not None or env is not None):
-        raise _bad("cwd", "and env apply to command tasks only", tid)
 
     args = spec.get("args", [])
     if args is None:
