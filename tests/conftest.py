@@ -133,7 +133,8 @@ class Daemon:
     def leftovers(self) -> list[int]:
         """Processes this daemon started that are still alive (zombies count)."""
         # is_running() also checks the start time, so a recycled pid is not blamed on us.
-        return [pid for pid, p in self.descendants.items() if p.is_running()]
+        # A zombie is dead: orphans re-parented to a PID 1 that does not reap stay zombies.
+        return [pid for pid, p in self.descendants.items() if _alive(p)]
 
 
 @pytest.fixture
@@ -161,6 +162,13 @@ def make_daemon(tmp_path):
         except ProcessLookupError:
             pass
     assert not problems, "\n".join(problems)
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def wait_for_gone(d: Daemon, timeout: float = 3.0) -> list[int]:

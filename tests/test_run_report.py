@@ -5,6 +5,7 @@ live line and the line log."""
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import pytest
@@ -127,7 +128,7 @@ def test_progress_line_and_live_redraw(diamond, monkeypatch):
     assert line.startswith("[01:15] 1/6 done, 3 running, 1 queued, 1 waiting, 0 failed")
     assert line.endswith("running: b (2 shards), c")
     out = io.StringIO()
-    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: type("S", (), {"columns": 40})())
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: os.terminal_size((40, 24)))
     live = LiveLine(out)
     live.update(snap)
     live.update(snap)

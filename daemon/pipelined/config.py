@@ -41,6 +41,8 @@ class Config:
     task_types: dict[str, dict[str, int]] = field(default_factory=dict)
     shutdown_grace_s: float = 30.0
     result_ttl_s: float = 7 * 24 * 3600.0
+    journal: bool = True  # false: a volatile daemon, tasks live in memory only
+    journal_sync: str = "normal"  # "full": fsync every commit (survives power loss)
     socket_group: str = ""
     http: str = ""
     log_level: str = "info"
@@ -71,8 +73,8 @@ _NUMERIC: dict[str, tuple[type, float | None, float | None]] = {
     "shutdown_grace_s": (float, 0, 24 * 3600),
     "result_ttl_s": (float, 0, None),
 }
-_BOOL = {"enable_resource_scheduling", "enable_dependency_execution", "allow_commands"}
-_STR = {"socket_group", "http", "log_level"}
+_BOOL = {"enable_resource_scheduling", "enable_dependency_execution", "allow_commands", "journal"}
+_STR = {"socket_group", "http", "log_level", "journal_sync"}
 KEYS = sorted([*_NUMERIC, *_BOOL, *_STR, "allowed_functions", "task_types"])
 ENV_KEYS = (
     "max_workers", "max_concurrent_tasks", "max_cpu_percent", "max_memory_percent",
@@ -116,6 +118,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
         if key == "log_level" and value.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"{where}: log_level must be debug, info, warning or error, not {value!r}")
+        if key == "journal_sync" and value not in ("normal", "full"):
+            raise ConfigError(f"{where}: journal_sync must be normal or full, not {value!r}")
         return value
     if key == "allowed_functions":
         if isinstance(value, str):

@@ -103,15 +103,18 @@ def send_reply(sock: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -
         log.warning("dropping a reply: %s", exc)
 
 
-def serve_pending(sup: Supervisor, sock: zmq.Socket) -> int:
-    """Serve the requests waiting on the socket, up to a fair share per pass."""
+def serve_pending(sup: Supervisor, sock: zmq.Socket, outbox: list) -> int:
+    """Serve the requests waiting on the socket, up to a fair share per pass.
+
+    Replies go to `outbox`, sent after the pass's journal flush: a client never
+    hears "accepted" for a task that is not on disk yet.
+    """
     served = 0
     # EVENTS instead of catching zmq.Again: an exception per empty read is costly.
     while served < MAX_REQUESTS_PER_PASS and sock.getsockopt(EVENTS) & POLLIN:
         frames = sock.recv_multipart(NOBLOCK)
         served += 1
-        envelope = split_frames(frames)[0]
         reply = handle_frames(sup, frames)
         if reply is not None:
-            send_reply(sock, envelope, reply)
+            outbox.append((split_frames(frames)[0], reply))
     return served

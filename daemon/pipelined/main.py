@@ -43,12 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tasks-per-worker", type=int, metavar="N")
     p.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_s", metavar="S")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--volatile", action="store_const", const=False, dest="journal", help="keep tasks in memory only: no journal, nothing survives a restart")
     p.add_argument("--check-config", action="store_true", help="print the effective configuration and where each value came from, then exit")
     p.add_argument("--version", action="version", version=f"pipelined {__version__}")
     return p.parse_args(argv)
 
 
-FLAG_KEYS = ("max_workers", "max_concurrent_tasks", "default_task_timeout", "max_task_retries", "max_tasks_per_worker", "shutdown_grace_s", "log_level")
+FLAG_KEYS = ("max_workers", "max_concurrent_tasks", "default_task_timeout", "max_task_retries", "max_tasks_per_worker", "shutdown_grace_s", "log_level", "journal")
+JOURNAL_NAME = "journal.sqlite3"
 
 
 def prepare_runtime_dir(path: str) -> str:
@@ -91,8 +93,9 @@ def prepare_state_dir(path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    flags = {k: getattr(args, k) for k in FLAG_KEYS}
     try:
-        config = load_config(args.config, os.environ, {k: getattr(args, k) for k in FLAG_KEYS})
+        config = load_config(args.config, os.environ, flags)
     except ConfigError as exc:
         print(f"pipelined: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -112,9 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     # Task functions are imported by module path, as `python -m` would: from the daemon's cwd.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    from .journal import Journal, JournalError
+    from .store import TaskStore
     from .supervisor import Supervisor
 
-    return Supervisor(config, runtime_dir, state_dir).run()
+    try:
+        store = Journal(os.path.join(state_dir, JOURNAL_NAME), config.journal_sync) if config.journal else TaskStore()
+    except JournalError as exc:
+        print(f"pipelined: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    supervisor = Supervisor(config, runtime_dir, state_dir, store)
+    # SIGHUP re-reads the same sources; flags still win over the file and env.
+    supervisor.reload_config = lambda: load_config(args.config, os.environ, flags)
+    return supervisor.run()
 
 
 if __name__ == "__main__":

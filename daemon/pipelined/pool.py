@@ -192,6 +192,17 @@ class WorkerPool:
             gone.append((handle, status))
         return gone
 
+    def resize(self, size: int) -> None:
+        """Change the pool size: new slots fill on the next pass; surplus idle
+        workers leave now, busy ones when their task ends (see retire_surplus)."""
+        self.size = size
+        for handle in list(self.by_pid.values()):
+            if handle.slot >= size and handle.state in ("idle", "starting"):
+                self.kill(handle, "pool shrunk")
+
+    def surplus(self, handle: WorkerHandle) -> bool:
+        return handle.slot >= self.size
+
     def busy_count(self) -> int:
         return sum(1 for h in self.by_pid.values() if h.state == "busy")
 

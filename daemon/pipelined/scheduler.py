@@ -109,8 +109,8 @@ class Scheduler:
         """Hook a new task to its dependencies; queue it if none is outstanding."""
         for dep_id in task.dependencies:
             dep = self.store.get(dep_id)
-            if dep.state is TaskState.COMPLETED:
-                continue
+            if dep is None or dep.state is TaskState.COMPLETED:
+                continue  # None: completed and pruned by retention before a restart
             if dep.state in END_STATES:
                 self._end(task, TaskState.FAILED, now, wall, FailureReason.UPSTREAM_FAILED, _upstream_error(dep))
                 return
@@ -118,6 +118,38 @@ class Scheduler:
             self._dependents.setdefault(dep_id, []).append(task)
         if task.unmet == 0:
             self._queue(task)
+
+    def restore(self, tasks: list[Task], now: float, wall: float) -> dict[str, int]:
+        """Take back the tasks a journal kept across a restart.
+
+        Ended tasks are kept as they were (results stay readable, dependents can
+        resolve against them). An attempt that was running when the daemon died
+        counts as lost (`worker_lost`) and is retried as its budget allows; every
+        other unfinished task is linked to its dependencies again and queued when
+        they are all completed.
+        """
+        tasks = sorted(tasks, key=lambda t: t.seq)
+        self.store.restore(tasks)
+        for task in tasks:
+            self.counts[task.state] += 1
+        if tasks:
+            self._seq = itertools.count(tasks[-1].seq + 1)
+        summary = {"ended": 0, "requeued": 0, "interrupted": 0}
+        for task in tasks:
+            if task.state in END_STATES:
+                summary["ended"] += 1
+                continue
+            if task.state is TaskState.RUNNING:
+                summary["interrupted"] += 1
+                self.running[task.task_id] = task  # so that lose() can release it
+                self.running_by_type[task.task_type] = self.running_by_type.get(task.task_type, 0) + 1
+                self.lose(task.task_id, FailureReason.WORKER_LOST, {"type": "Interrupted", "message": "pipelined stopped while this attempt ran", "traceback": None}, now, wall)
+                continue
+            summary["requeued"] += 1
+            self._set_state(task, TaskState.PENDING)
+            task.unmet = 0
+            self._link(task, now, wall)
+        return summary
 
     # -- state changes ----------------------------------------------------
     def _set_state(self, task: Task, state: TaskState) -> None:
@@ -146,6 +178,7 @@ class Scheduler:
             t.end_time = wall
             t.hold = None
             self._set_state(t, st)
+            self.store.ended(t)
             self.ended.append(t)
             for dependent in self._dependents.pop(t.task_id, ()):
                 if dependent.state in END_STATES:
@@ -156,6 +189,14 @@ class Scheduler:
                         self._queue(dependent)
                 else:
                     stack.append((dependent, TaskState.FAILED, FailureReason.UPSTREAM_FAILED, _upstream_error(t)))
+
+    def set_type_limits(self, limits: dict[str, int]) -> None:
+        """New per-type limits (reload); parked tasks compete again under them."""
+        self.type_limits = dict(limits)
+        for entries in self._parked.values():
+            for entry in entries:
+                heapq.heappush(self._ready, entry)
+        self._parked.clear()
 
     # -- dispatch ---------------------------------------------------------
     def has_ready(self) -> bool:

@@ -1,32 +1,46 @@
 """TaskStore: where accepted tasks live, behind one small interface.
 
-The scheduler adds tasks and reports each change with `changed(task)`; the
-supervisor calls `flush()` once per loop pass. This store keeps everything in
-memory; the durable journal subclasses it and writes the changed tasks of a pass
+The scheduler adds tasks and reports each change with `changed(task)` (and each
+end with `ended(task)`); the supervisor calls `flush()` once per loop pass,
+before any reply of that pass leaves. This store keeps everything in memory;
+the durable journal (journal.py) subclasses it and writes the changes of a pass
 in one transaction (group commit), so the scheduler never knows the difference.
+
+Retention: ended tasks are remembered in the order they ended, so pruning the
+ones older than the TTL costs only what it removes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 
 from .task import Task
 
 
 class TaskStore:
+    durable = False
+
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
-        self._by_workflow: dict[str, list[str]] = {}
+        self._by_workflow: dict[str, dict[str, None]] = {}
         self._dirty: dict[str, Task] = {}
+        self._end_order: deque[tuple[float, str]] = deque()
 
     def add(self, task: Task) -> None:
+        self._index(task)
+        self._dirty[task.task_id] = task
+
+    def _index(self, task: Task) -> None:
         self._tasks[task.task_id] = task
         if task.workflow is not None:
-            self._by_workflow.setdefault(task.workflow, []).append(task.task_id)
-        self._dirty[task.task_id] = task
+            self._by_workflow.setdefault(task.workflow, {})[task.task_id] = None
 
     def changed(self, task: Task) -> None:
         self._dirty[task.task_id] = task
+
+    def ended(self, task: Task) -> None:
+        self._end_order.append((task.end_time or 0.0, task.task_id))
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
@@ -41,7 +55,42 @@ class TaskStore:
         return iter(self._tasks.values())
 
     def in_workflow(self, workflow: str) -> list[Task]:
-        return [self._tasks[t] for t in self._by_workflow.get(workflow, ()) if t in self._tasks]
+        return [self._tasks[t] for t in self._by_workflow.get(workflow, ())]
+
+    def load(self) -> list[Task]:
+        """Tasks that survived a restart (none, for a memory store)."""
+        return []
+
+    def restore(self, tasks: Iterable[Task]) -> None:
+        """Index tasks read back by load() without writing them again."""
+        for task in tasks:
+            self._index(task)
+            if task.end_time is not None and task.state.value in ("completed", "failed", "cancelled"):
+                self._end_order.append((task.end_time, task.task_id))
+        self._end_order = deque(sorted(self._end_order))
+
+    def prune(self, ended_before: float) -> list[str]:
+        """Forget ended tasks whose end_time is older than `ended_before` (epoch s)."""
+        gone = []
+        while self._end_order and self._end_order[0][0] < ended_before:
+            _, task_id = self._end_order.popleft()
+            task = self._tasks.get(task_id)
+            if task is None or task.end_time is None or task.end_time >= ended_before:
+                continue  # ended again later (it cannot today), or already gone
+            del self._tasks[task_id]
+            self._dirty.pop(task_id, None)
+            if task.workflow is not None:
+                members = self._by_workflow.get(task.workflow)
+                if members is not None:
+                    members.pop(task_id, None)
+                    if not members:
+                        del self._by_workflow[task.workflow]
+            gone.append(task_id)
+        self._forget(gone)
+        return gone
+
+    def _forget(self, task_ids: list[str]) -> None:
+        """Remove pruned tasks from durable storage (nothing to do in memory)."""
 
     def flush(self) -> int:
         """Persist what changed since the last flush; returns how many tasks."""

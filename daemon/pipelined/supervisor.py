@@ -10,7 +10,7 @@
         └──────────── dispatch ◄── each pass: handle_worker_messages → serve_requests
                                     → reap_children → enforce_deadlines
                                     → promote_backoffs → dispatch → answer_waiters
-                                    → flush_store → show_title
+                                    → flush_store → send_replies → prune → show_title
 
 Nothing blocks but the poll. Signal handlers do nothing themselves: Python
 writes the signal number to the wakeup pipe, and the loop acts on it in order
@@ -63,7 +63,7 @@ class Supervisor:
         self.state_dir = state_dir
         self.socket_path = socket_path_in(runtime_dir)
         self.worker_socket_path = os.path.join(runtime_dir, WORKER_SOCKET)
-        self.store = store or TaskStore()
+        self.store = store if store is not None else TaskStore()
         self.scheduler = Scheduler(
             self.store,
             default_timeout_s=config.default_task_timeout,
@@ -81,6 +81,10 @@ class Supervisor:
         self.last_frame_bytes = 0
         self._wakeup_r = self._wakeup_w = -1
         self._child_exited = False  # SIGCHLD seen since the last reap
+        self.outbox: list[tuple[list[bytes], dict]] = []  # replies of this pass, sent after the flush
+        self.next_prune = time.monotonic()
+        self.config_path: str | None = None  # re-read on SIGHUP
+        self.reload_config: Any = None  # callable returning a new Config (main.py sets it)
 
     # -- setup and teardown -----------------------------------------------------
     def _setup(self) -> None:
@@ -104,7 +108,19 @@ class Supervisor:
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.workers_sock, zmq.POLLIN)
         self.poller.register(self._wakeup_r, zmq.POLLIN)
+        self.restore()
         self.pool.fill()
+
+    def restore(self) -> None:
+        tasks = self.store.load()
+        if not tasks:
+            return
+        now, wall = time.monotonic(), time.time()
+        summary = self.scheduler.restore(tasks, now, wall)
+        self.scheduler.take_ended()
+        self.store.flush()
+        log.info("journal: %d tasks restored (%d ended, %d resumed, %d interrupted attempts counted as lost)",
+                 len(tasks), summary["ended"], summary["requeued"], summary["interrupted"])
 
     def _teardown(self) -> None:
         for waiter in self.waiters.all():
@@ -143,7 +159,7 @@ class Supervisor:
             if self.workers_sock in ready:
                 self.handle_worker_messages(now, wall)
             if self.control in ready:
-                control.serve_pending(self, self.control)
+                control.serve_pending(self, self.control, self.outbox)
             if self._child_exited:
                 self.reap_children(now, wall)
             self.enforce_deadlines(now, wall)
@@ -151,12 +167,15 @@ class Supervisor:
             self.dispatch(now, wall)
             self.answer_waiters(now)
             self.store.flush()
+            self.send_replies()
+            if now >= self.next_prune:
+                self.prune(now, wall)
             self.show_title()
             if self.draining and self.finish_drain(now, wall):
                 return
 
     def _poll_timeout_ms(self) -> int | None:
-        due = [t for t in (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline) if t is not None]
+        due = [t for t in (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline, self.next_prune) if t is not None]
         if not due:
             return None
         # Round up: waking a hair early would only spin until the deadline.
@@ -174,7 +193,7 @@ class Supervisor:
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.begin_drain(f"{signal.Signals(signum).name} received")
             elif signum == signal.SIGHUP:
-                log.info("SIGHUP received: configuration reload is not supported yet; nothing changed")
+                self.reload()
 
     def handle_worker_messages(self, now: float, wall: float) -> None:
         sock = self.workers_sock
@@ -206,8 +225,8 @@ class Supervisor:
         if task is not None and task.state is TaskState.FAILED:
             log.info("task %s: failed (%s)", task.task_id, (task.error or {}).get("type"))
         limit = self.config.max_tasks_per_worker
-        if limit and handle.tasks_done >= limit:
-            handle.state = "exiting"  # recycled: a clean exit, told apart from a crash by this state
+        if (limit and handle.tasks_done >= limit) or self.pool.surplus(handle):
+            handle.state = "exiting"  # recycled or shrunk: a clean exit, told apart from a crash by this state
             self._send_worker(handle, {"t": wm.EXIT, "reason": "recycle"})
         else:
             self.pool.ready(handle)
@@ -236,7 +255,7 @@ class Supervisor:
                 self._lose_worker_task(handle, how, now, wall)
             elif handle.state not in ("killed", "exiting"):
                 log.warning("worker %d (slot %d): %s while %s", handle.pid, handle.slot, how, handle.state)
-            if not self.draining:
+            if not self.draining and not self.pool.surplus(handle):
                 self.pool.spawn(handle.slot)
 
     def enforce_deadlines(self, now: float, wall: float) -> None:
@@ -310,11 +329,55 @@ class Supervisor:
             fields = result_reply(self, waiter.task_ids[0])
         else:
             fields = wait_reply(self, waiter.task_ids, timed_out)
-        control.send_reply(self.control, waiter.envelope, ok(waiter.rid, **fields))
+        self.outbox.append((waiter.envelope, ok(waiter.rid, **fields)))
+
+    def send_replies(self) -> None:
+        outbox, self.outbox = self.outbox, []
+        for envelope, reply in outbox:
+            control.send_reply(self.control, envelope, reply)
+
+    def prune(self, now: float, wall: float) -> None:
+        """Forget ended tasks older than result_ttl_s (retention)."""
+        ttl = self.config.result_ttl_s
+        gone = self.store.prune(wall - ttl)
+        if gone:
+            self.store.flush()
+            log.info("retention: pruned %d tasks that ended more than %gs ago", len(gone), ttl)
+        self.next_prune = now + min(max(ttl / 4, 0.05), 60.0)
 
     def show_title(self) -> None:
         counts = self.scheduler.counts
         titles.set_title(f"pipelined: supervisor [{self.pool.size} workers, {counts[TaskState.QUEUED]} queued, {counts[TaskState.RUNNING]} running]")
+
+    # -- reload -----------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and apply what can change live.
+
+        A bad file is logged and changes nothing. Live: worker count, concurrency,
+        per-type limits, timeouts/retries defaults for new tasks, policy,
+        retention, grace, gates. The runtime and state dirs need a restart.
+        """
+        if self.reload_config is None:
+            log.info("SIGHUP: no configuration source to reload")
+            return
+        try:
+            new = self.reload_config()
+        except Exception as exc:  # ConfigError, or anything a bad file provokes
+            log.error("SIGHUP: configuration rejected, keeping the old one: %s", exc)
+            return
+        old, self.config = self.config, new
+        sched = self.scheduler
+        sched.default_timeout_s = new.default_task_timeout
+        sched.default_max_retries = new.max_task_retries
+        sched.default_backoff_s = new.default_retry_backoff
+        sched.enable_dependencies = new.enable_dependency_execution
+        sched.set_type_limits(new.type_limits())
+        self.policy = Policy(new.allowed_functions, new.allow_commands)
+        self.pool.resize(new.max_workers)
+        self.pool.fill()
+        self.next_prune = time.monotonic()
+        changed = sorted(k for k, v in new.effective().items() if old.effective().get(k) != v)
+        log.info("SIGHUP: configuration reloaded (%s)", ", ".join(changed) or "nothing changed")
 
     # -- cancel, drain ----------------------------------------------------------
     def cancel_task(self, task: Task) -> bool:
@@ -348,6 +411,7 @@ class Supervisor:
             self.scheduler.lose(task.task_id, FailureReason.WORKER_LOST, {"type": "Interrupted", "message": "pipelined stopped while the task ran", "traceback": None}, now, wall)
         self.answer_waiters(now)
         self.store.flush()
+        self.send_replies()
         return True
 
     # -- views ------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""Journal: the durable TaskStore, an SQLite database in WAL mode.
+
+Every accepted task is written before `submit` replies: the supervisor flushes
+the store once per loop pass and only then sends that pass's replies, so one
+transaction (a group commit) carries all the submits, starts and ends of a pass.
+A new task is one INSERT of its spec (msgpack) and state; later changes UPDATE
+only the progress columns.
+
+synchronous=NORMAL in WAL mode survives a crash of the daemon (kill -9) with
+nothing lost; a power cut may lose the last passes (set journal_sync = "full"
+to fsync every commit).
+
+Opening checks the file (`PRAGMA quick_check`) and its schema version; a
+corrupt or foreign file is a JournalError naming it, never a silent reset. Older
+schema versions are migrated in place, inside one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from pipeline_protocol import TaskState, decode, encode
+
+from .store import TaskStore
+from .task import Task
+
+log = logging.getLogger("pipelined.journal")
+
+SCHEMA_VERSION = 2
+APPLICATION_ID = 0x70706C64  # "ppld": tells our journal from any other SQLite file
+
+_PROGRESS = ("state", "attempt", "retry_count", "result", "error", "reason", "start_time", "end_time", "execution_time", "worker_pid")
+_SPEC_FIELDS = (
+    "task_id", "task_type", "function", "command", "cwd", "env", "args", "kwargs", "priority",
+    "dependencies", "timeout_s", "max_retries", "retry_backoff_s", "memory_limit_mb", "workflow", "has_refs",
+)
+
+_SCHEMA_V1 = """
+CREATE TABLE tasks (
+    task_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    spec BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    retry_count INTEGER NOT NULL DEFAULT 0,
+    result BLOB,
+    error BLOB,
+    reason TEXT,
+    submitted_at REAL NOT NULL,
+    start_time REAL,
+    end_time REAL,
+    execution_time REAL
+);
+"""
+
+# Each step takes the schema from version N to N+1.
+_MIGRATIONS = {
+    1: [
+        "ALTER TABLE tasks ADD COLUMN worker_pid INTEGER",
+        "ALTER TABLE tasks ADD COLUMN workflow TEXT",
+        "CREATE INDEX tasks_ended ON tasks(end_time) WHERE end_time IS NOT NULL AND state IN ('completed', 'failed', 'cancelled')",
+    ],
+}
+
+
+class JournalError(Exception):
+    pass
+
+
+def _blob(value: Any) -> bytes | None:
+    return None if value is None else encode(value)
+
+
+def _unblob(value: bytes | None) -> Any:
+    return None if value is None else decode(value)
+
+
+class Journal(TaskStore):
+    durable = True
+
+    def __init__(self, path: str, sync: str = "normal"):
+        super().__init__()
+        self.path = path
+        self._new: set[str] = set()
+        self._gone: list[str] = []
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise JournalError(f"{path}: the journal is corrupt (PRAGMA quick_check failed); move it aside to start empty")
+            self._check_or_create()
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute(f"PRAGMA synchronous = {'FULL' if sync == 'full' else 'NORMAL'}")
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{path}: cannot use the journal: {exc} (is it a pipelined journal? move it aside to start empty)") from None
+
+    # -- schema -----------------------------------------------------------
+    def _check_or_create(self) -> None:
+        app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables and app_id == 0:
+            self._create()
+            return
+        if app_id != APPLICATION_ID:
+            raise JournalError(f"{self.path}: not a pipelined journal (application_id {app_id:#x}); move it aside or pick another --state-dir")
+        if version > SCHEMA_VERSION:
+            raise JournalError(f"{self.path}: journal schema version {version} is newer than this pipelined understands ({SCHEMA_VERSION})")
+        if version < SCHEMA_VERSION:
+            self._migrate(version)
+
+    def _create(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        for stmt in _SCHEMA_V1.strip().split(";"):
+            if stmt.strip():
+                self.db.execute(stmt)
+        self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        self.db.execute("PRAGMA user_version = 1")
+        self.db.execute("COMMIT")
+        self._migrate(1)
+
+    def _migrate(self, version: int) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            while version < SCHEMA_VERSION:
+                for stmt in _MIGRATIONS[version]:
+                    self.db.execute(stmt)
+                version += 1
+                log.info("journal %s: migrated to schema version %d", self.path, version)
+            self.db.execute(f"PRAGMA user_version = {version}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -- writes -----------------------------------------------------------
+    def add(self, task: Task) -> None:
+        super().add(task)
+        self._new.add(task.task_id)
+
+    def _forget(self, task_ids: list[str]) -> None:
+        self._gone.extend(task_ids)
+
+    def flush(self) -> int:
+        if not self._dirty and not self._gone:
+            return 0
+        inserts, updates = [], []
+        for tid, task in self._dirty.items():
+            progress = (
+                task.state.value, task.attempt, task.retry_count, _blob(task.result), _blob(task.error),
+                task.reason, task.start_time, task.end_time, task.execution_time, task.worker_pid,
+            )
+            if tid in self._new:
+                spec = encode({f: getattr(task, f) for f in _SPEC_FIELDS})
+                inserts.append((tid, task.seq, spec, task.submitted_at, task.workflow, *progress))
+            else:
+                updates.append((*progress, tid))
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            if inserts:
+                db.executemany(
+                    "INSERT INTO tasks (task_id, seq, spec, submitted_at, workflow, state, attempt, retry_count, result, error, reason, start_time, end_time, execution_time, worker_pid) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    inserts,
+                )
+            if updates:
+                db.executemany(
+                    "UPDATE tasks SET state = ?, attempt = ?, retry_count = ?, result = ?, error = ?, reason = ?, "
+                    "start_time = ?, end_time = ?, execution_time = ?, worker_pid = ? WHERE task_id = ?",
+                    updates,
+                )
+            if self._gone:
+                db.executemany("DELETE FROM tasks WHERE task_id = ?", [(t,) for t in self._gone])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        n = len(self._dirty)
+        self._dirty.clear()
+        self._new.clear()
+        self._gone.clear()
+        return n
+
+    # -- reads ------------------------------------------------------------
+    def load(self) -> list[Task]:
+        tasks = []
+        rows = self.db.execute(
+            "SELECT seq, spec, submitted_at, state, attempt, retry_count, result, error, reason, start_time, end_time, execution_time, worker_pid "
+            "FROM tasks ORDER BY seq"
+        )
+        for seq, spec_blob, submitted_at, state, attempt, retry_count, result, error, reason, start, end, exec_s, pid in rows:
+            spec = decode(spec_blob)
+            task = Task(
+                {
+                    "task_id": spec["task_id"], "task_type": spec["task_type"], "function": spec["function"],
+                    "command": spec["command"], "cwd": spec["cwd"], "env": spec["env"], "args": spec["args"],
+                    "kwargs": spec["kwargs"], "priority": spec["priority"], "dependencies": spec["dependencies"],
+                    "timeout": spec["timeout_s"], "max_retries": spec["max_retries"], "retry_backoff": spec["retry_backoff_s"],
+                    "memory_limit_mb": spec["memory_limit_mb"], "workflow": spec["workflow"], "has_refs": spec["has_refs"],
+                },
+                seq,
+                submitted_at,
+            )
+            task.state = TaskState(state)
+            task.attempt, task.retry_count = attempt, retry_count
+            task.result, task.error, task.reason = _unblob(result), _unblob(error), reason
+            task.start_time, task.end_time, task.execution_time, task.worker_pid = start, end, exec_s, pid
+            tasks.append(task)
+        return tasks
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
