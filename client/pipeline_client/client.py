@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from pipeline_protocol import PROTOCOL_VERSION, decode, encode
+from pipeline_protocol.codec import MAX_FRAME_BYTES
 from pipeline_protocol.paths import endpoint
 
 from .connection import probe, resolve_socket
@@ -29,9 +30,13 @@ def encode_request(op: str, rid: int, fields: dict[str, Any]) -> bytes:
     msg = {"v": PROTOCOL_VERSION, "op": op, "rid": rid}
     msg.update(fields)
     try:
-        return encode(msg)
-    except TypeError as exc:
+        data = encode(msg)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{op}: arguments must be msgpack-encodable: {exc}") from None
+    if len(data) > MAX_FRAME_BYTES:
+        # The daemon's socket would drop such a frame unanswered: refuse it here, clearly.
+        raise RequestError("too_large", f"{op}: the request is {len(data)} bytes; the limit is {MAX_FRAME_BYTES} (send large data by path, not by value)")
+    return data
 
 
 def check_reply(reply: Any) -> dict[str, Any]:
@@ -125,8 +130,13 @@ class Client:
             raise TimeoutError(f"task {task_id} did not end within {timeout:g}s")
         return raise_for_record(reply["task"])
 
-    def cancel(self, task_id: str | None = None, *, workflow: str | None = None) -> dict[str, Any]:
-        fields = {"task_id": task_id} if workflow is None else {"workflow": workflow}
+    def cancel(self, task_id: str | None = None, *, workflow: str | None = None, if_not_running: bool = False) -> dict[str, Any]:
+        """Cancel a task (a running one has its worker killed), or every unfinished
+        task of a workflow. if_not_running=True spares tasks that already started.
+        Returns {"cancelled": [ids], "status": state of the task}."""
+        fields: dict[str, Any] = {"task_id": task_id} if workflow is None else {"workflow": workflow}
+        if if_not_running:
+            fields["if_not_running"] = True
         return self.request("cancel", **fields)
 
     # -- daemon -----------------------------------------------------------

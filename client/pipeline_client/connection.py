@@ -16,7 +16,7 @@ START_HINT = "start it with `pipelined --runtime-dir DIR`, or point PIPELINED_SO
 
 
 def resolve_socket(path: str | None = None) -> str:
-    return strip_endpoint(path) if path else default_socket_path()
+    return strip_endpoint(path or default_socket_path())
 
 
 def _owner(st: os.stat_result) -> str:

@@ -30,6 +30,23 @@ _instances = itertools.count()
 _WAIT_SLICE_S = 30.0
 
 
+class _TaskFuture(cf.Future):
+    """A Future whose cancel() also cancels its task, if the task has not started."""
+
+    def __init__(self, executor: Executor, task_id: str):
+        super().__init__()
+        self._executor = executor
+        self.task_id = task_id
+
+    def cancel(self) -> bool:
+        if self.done():
+            return self.cancelled()
+        if not self._executor._cancel_in_daemon(self.task_id):
+            self.set_running_or_notify_cancel()  # it runs (or ran): too late, as for a started future
+            return False
+        return super().cancel()
+
+
 class Executor(cf.Executor):
     def __init__(self, socket: str | None = None, **task_options: Any):
         self._client = Client(socket)
@@ -48,16 +65,24 @@ class Executor(cf.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot submit after shutdown")
-            future: cf.Future = cf.Future()
             task_id = self._client.submit(fn, args=list(args), kwargs=kwargs, **self._options)
+            future = _TaskFuture(self, task_id)
             self._futures[task_id] = future
             self._wake_tx.send(b"")
         return future
 
+    def _cancel_in_daemon(self, task_id: str) -> bool:
+        """Cancel the task unless it already started (concurrent.futures semantics)."""
+        with self._lock:
+            reply = self._client.cancel(task_id, if_not_running=True)
+        return task_id in reply.get("cancelled", ())
+
     def _resolve(self, record: dict[str, Any]) -> None:
         with self._lock:
             future = self._futures.pop(record["task_id"], None)
-        if future is None or not future.set_running_or_notify_cancel():
+        if future is None or future.cancelled():
+            return
+        if not future.running() and not future.set_running_or_notify_cancel():
             return
         status = record.get("status")
         if status == "completed":
@@ -114,13 +139,9 @@ class Executor(cf.Executor):
             self._wake_tx.send(b"")
         for task_id, future in pending.items():
             if future.cancel():
-                try:
-                    self._client.cancel(task_id)
-                except Exception:
-                    pass
                 with self._lock:
                     self._futures.pop(task_id, None)
-                self._wake_tx.send(b"")
+                    self._wake_tx.send(b"")
         if wait:
             self._collector.join()
             self._wake_tx.close(linger=0)

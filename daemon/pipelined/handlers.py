@@ -103,6 +103,8 @@ def op_list(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
     state = _field(req, "state", str)
     workflow = _field(req, "workflow", str)
     limit = _field(req, "limit", int, default=LIST_LIMIT_DEFAULT)
+    if not 1 <= limit <= 1_000_000:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "limit must be 1..1000000", {"field": "limit"})
     if state is not None and state not in TaskState._value2member_map_:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, f"unknown state {state!r} (one of {', '.join(s.value for s in TaskState)})", {"field": "state"})
     tasks = sup.store.in_workflow(workflow) if workflow is not None else sup.store.values()
@@ -161,11 +163,12 @@ def result_reply(sup: Supervisor, task_id: str) -> dict:
 
 def op_cancel(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
     workflow = _field(req, "workflow", str)
+    spare_running = _field(req, "if_not_running", bool, default=False)
     if workflow is not None:
         tasks = [t for t in sup.store.in_workflow(workflow) if t.state not in END_STATES]
     else:
         tasks = [_task(sup, req.get("task_id"))]
-    cancelled = [t.task_id for t in tasks if sup.cancel_task(t)]
+    cancelled = [t.task_id for t in tasks if not (spare_running and t.state is TaskState.RUNNING) and sup.cancel_task(t)]
     reply: dict[str, Any] = {"cancelled": cancelled}
     if workflow is None:
         reply["status"] = tasks[0].state.value

@@ -57,6 +57,7 @@ def prepare_runtime_dir(path: str) -> str:
     """Create the runtime dir (0750) and make sure no live daemon owns its socket."""
     try:
         os.makedirs(path, mode=0o750, exist_ok=True)
+        os.chmod(path, 0o750)  # makedirs' mode is narrowed by the umask; the group needs x to reach the socket
     except OSError as exc:
         raise StartupError(f"cannot create runtime dir {path}: {exc.strerror}") from None
     sock_path = socket_path_in(path)

@@ -28,7 +28,7 @@ from collections import deque
 
 import psutil
 
-from .worker import worker_main
+from .worker import TASK_TAG, worker_main
 
 log = logging.getLogger("pipelined.pool")
 
@@ -97,7 +97,29 @@ def _signal(pid: int, sig: int, group: bool = False) -> None:
         pass
 
 
-def kill_tree(pid: int) -> int:
+def _tagged_strays(task_id: str, exclude: set[int]) -> set[int]:
+    """Our descendants outside every worker tree that carry the task's tag.
+
+    A double-forked daemon of a task is re-parented to us (the subreaper) and
+    is no longer below its worker; its inherited environment still names the task.
+    """
+    found = set()
+    try:
+        candidates = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return found
+    for proc in candidates:
+        if proc.pid in exclude:
+            continue
+        try:
+            if proc.environ().get(TASK_TAG) == task_id:
+                found.add(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def kill_tree(pid: int, task_id: str | None = None, workers: set[int] | frozenset[int] = frozenset()) -> int:
     """SIGKILL a worker, its process group and every descendant; returns how many."""
     _signal(pid, signal.SIGSTOP, group=True)
     seen: set[int] = set()
@@ -108,6 +130,10 @@ def kill_tree(pid: int) -> int:
         for child in found:
             _signal(child, signal.SIGSTOP)
         seen |= found
+    if task_id is not None:
+        for stray in _tagged_strays(task_id, {pid, *seen, *workers}):
+            _signal(stray, signal.SIGSTOP)
+            seen.add(stray)
     _signal(pid, signal.SIGKILL, group=True)
     _signal(pid, signal.SIGKILL)
     for child in seen:
@@ -165,10 +191,11 @@ class WorkerPool:
         return None
 
     def kill(self, handle: WorkerHandle, why: str) -> None:
+        task_id = handle.task_id if handle.state == "busy" else None
         handle.state = "killed"
         handle.kill_reason = why
         self.kills += 1
-        n = kill_tree(handle.pid)
+        n = kill_tree(handle.pid, task_id, set(self.by_pid))
         log.info("worker %d (slot %d): killed for %s (%d processes)", handle.pid, handle.slot, why, n)
 
     def reap(self) -> list[tuple[WorkerHandle, int]]:

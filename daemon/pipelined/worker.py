@@ -36,6 +36,9 @@ from pipeline_protocol import worker_messages as wm
 from . import titles
 
 PR_SET_PDEATHSIG = 1
+# Set in the environment of everything a task starts: when a descendant escapes
+# the worker's tree (double fork), the supervisor still knows whose it is.
+TASK_TAG = "PIPELINED_TASK_ID"
 TAIL_BYTES = 64 * 1024  # how much of a command's stdout/stderr a result keeps
 
 
@@ -112,6 +115,7 @@ def _label(msg: dict) -> str:
 
 # -- running one task -----------------------------------------------------
 def _execute(msg: dict) -> bytes:
+    os.environ[TASK_TAG] = msg["id"]
     started = time.perf_counter()
     result: Any = None
     error: dict | None = None
@@ -123,6 +127,7 @@ def _execute(msg: dict) -> bytes:
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are task failures too
         error = describe_exception(exc)
     exec_s = time.perf_counter() - started
+    os.environ.pop(TASK_TAG, None)
     return _done(msg, result, error, exec_s)
 
 

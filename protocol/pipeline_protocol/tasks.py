@@ -41,6 +41,7 @@ FIELDS = frozenset(
 )
 
 MAX_RETRIES_LIMIT = 100
+MAX_ARG_DEPTH = 100  # nesting of args/kwargs; keeps every recursive walk far from Python's limit
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
@@ -58,6 +59,18 @@ def _number(spec: dict, field: str, tid: Any, lo: float, hi: float) -> float | N
     if not lo < value <= hi:
         raise _bad(field, f"must be > {lo:g} and <= {hi:g}, not {value!r}", tid)
     return float(value)
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Iterative depth check: True when lists/maps nest deeper than `limit`."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def _str_list(value: Any, field: str, tid: Any) -> list[str]:
@@ -103,6 +116,8 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         kwargs = {}
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise _bad("kwargs", "must be a map with string keys", tid)
+    if _too_deep(args, MAX_ARG_DEPTH) or _too_deep(kwargs, MAX_ARG_DEPTH):
+        raise _bad("args", f"nest deeper than {MAX_ARG_DEPTH} levels", tid)
     if command is not None and (args or kwargs):
         raise _bad("args", "and kwargs apply to function tasks only", tid)
 

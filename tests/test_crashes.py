@@ -1,0 +1,237 @@
+"""The crash matrix: every way a task can die pins its status and reason, the pool
+refills, and the next task still runs. Also retries after crashes, the supervisor
+dying under its workers, and how close to its deadline a timeout lands."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from pipeline_client import TaskFailed
+
+from .conftest import wait_for
+from .helpers import alive, gone, read_pid, wait_idle_pool, wait_status
+
+PR_SET_CHILD_SUBREAPER = 36
+
+# (id, function, args, timeout, status, reason, error type or None, words in the message, worker dies)
+MATRIX = [
+    ("raise", "tests.tasks:fail", ["kaboom"], None, "failed", "error", "ValueError", ["kaboom"], False),
+    ("sys_exit", "tests.tasks:exit_with", [3], None, "failed", "error", "SystemExit", ["3"], False),
+    ("os_exit", "tests.tasks:hard_exit", [7], None, "failed", "worker_lost", "WorkerLost", ["exit code", "7"], True),
+    ("sigsegv", "tests.tasks:segfault", [], None, "failed", "worker_lost", "WorkerLost", ["SIGSEGV"], True),
+    ("sigkill_self", "tests.tasks:kill_self", [], None, "failed", "worker_lost", "WorkerLost", ["SIGKILL"], True),
+    ("past_timeout", "tests.tasks:sleep", [300], 0.3, "failed", "timeout", "Timeout", ["timeout"], True),
+]
+
+
+def _check_pool_refilled(c, n, before, victim, worker_dies):
+    if worker_dies:
+        wait_for(lambda: gone(victim), 5, what=f"worker {victim} to be reaped")
+        workers = wait_idle_pool(c, n, exclude={victim})
+        pids = {w["pid"] for w in workers}
+        assert len(pids - before) == 1, "exactly one new worker replaces the lost one"
+        assert pids & before == before - {victim}
+    else:
+        workers = wait_idle_pool(c, n)
+        assert {w["pid"] for w in workers} == before, "a task that merely raised must not cost a worker"
+    assert c.result(c.submit("tests.tasks:square", args=[11]), timeout=10) == 121
+    assert len(c.workers()) == n
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=[m[0] for m in MATRIX])
+def test_crash_matrix(make_daemon, case):
+    _, function, args, timeout, status, reason, err_type, words, worker_dies = case
+    d = make_daemon(workers=2)
+    c = d.client
+    before = {w["pid"] for w in wait_idle_pool(c, 2)}
+    tid = c.submit(function, args=args, timeout=timeout, max_retries=0)
+    reply = c.wait([tid], timeout=20)
+    assert not reply["timed_out"]
+    rec = reply["tasks"][0]
+    assert rec["status"] == status
+    assert rec["reason"] == reason
+    assert err_type in rec["error"]["type"]
+    for word in words:
+        assert word in rec["error"]["message"], rec["error"]
+    assert rec["retry_count"] == 0
+    assert rec["worker_pid"] in before
+    with pytest.raises(TaskFailed) as ei:
+        c.result(tid, timeout=1)
+    assert ei.value.reason == reason
+    _check_pool_refilled(c, 2, before, rec["worker_pid"], worker_dies)
+    st = c.status()
+    assert st["failed_tasks"] == 1 and st["completed_tasks"] == 1
+
+
+@pytest.mark.parametrize("new_session", [False, True], ids=["grandchild_in_group", "setsid_grandchild"])
+def test_timeout_kills_grandchildren(make_daemon, tmp_path, new_session):
+    d = make_daemon(workers=2)
+    c = d.client
+    before = {w["pid"] for w in wait_idle_pool(c, 2)}
+    pidfile = str(tmp_path / "grandchild.pid")
+    tid = c.submit("tests.tasks:spawn_grandchild", args=[pidfile, new_session], timeout=1.0, max_retries=0)
+    grandchild = read_pid(pidfile)
+    assert alive(grandchild)
+    if new_session:
+        assert os.getsid(grandchild) == grandchild  # it really left the worker's session and group
+    else:
+        assert os.getpgid(grandchild) == c.get(tid)["worker_pid"]
+    rec = c.wait([tid], timeout=20)["tasks"][0]
+    assert (rec["status"], rec["reason"]) == ("failed", "timeout")
+    wait_for(lambda: gone(grandchild), 5, what=f"grandchild {grandchild} to be dead and reaped")
+    _check_pool_refilled(c, 2, before, rec["worker_pid"], True)
+
+
+
+def test_timeout_kills_double_forked_descendant(make_daemon, tmp_path):
+    d = make_daemon(workers=1)
+    c = d.client
+    pidfile = str(tmp_path / "daemonized.pid")
+    tid = c.submit("tests.tasks:spawn_daemonized", args=[pidfile], timeout=1.0, max_retries=0)
+    stray = read_pid(pidfile)
+    try:
+        rec = c.wait([tid], timeout=20)["tasks"][0]
+        assert rec["reason"] == "timeout"
+        d.remember_descendants()
+        assert wait_for_quietly(lambda: gone(stray), 1.5), f"descendant {stray} survived the timeout"
+    finally:
+        try:
+            os.kill(stray, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for_quietly(predicate, timeout):
+    try:
+        return wait_for(predicate, timeout)
+    except AssertionError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["exit", "segv", "kill", "hang"])
+def test_retry_after_crash_runs_second_attempt(make_daemon, tmp_path, how):
+    d = make_daemon(workers=2)
+    c = d.client
+    marker = str(tmp_path / "crashed")
+    tid = c.submit("tests.tasks:crash_once", args=[marker, how], max_retries=1, retry_backoff=0.01, timeout=1.0 if how == "hang" else 30)
+    assert c.result(tid, timeout=20) == "second attempt"
+    rec = c.get(tid)
+    assert rec["retry_count"] == 1
+    assert rec["status"] == "completed"
+    assert os.path.exists(marker)
+    wait_idle_pool(c, 2)
+
+
+def test_crash_without_retries_left_is_final(make_daemon):
+    d = make_daemon(workers=1)
+    c = d.client
+    tid = c.submit("tests.tasks:hard_exit", args=[1], max_retries=2, retry_backoff=0.01)
+    rec = c.wait([tid], timeout=20)["tasks"][0]
+    assert (rec["status"], rec["reason"], rec["retry_count"]) == ("failed", "worker_lost", 2)
+    wait_idle_pool(c, 1)
+    assert c.status()["performance_metrics"]["worker_forks"] >= 4  # 1 at start + 3 replacements
+
+
+def test_dependents_of_crashed_task_fail_upstream(make_daemon):
+    d = make_daemon(workers=2)
+    c = d.client
+    c.submit_many([
+        {"task_id": "crash", "function": "tests.tasks:segfault", "max_retries": 0},
+        {"task_id": "after", "function": "tests.tasks:noop", "dependencies": ["crash"]},
+    ])
+    rec = c.wait(["after"], timeout=20)["tasks"][0]
+    assert (rec["status"], rec["reason"]) == ("failed", "upstream_failed")
+
+
+# -- the supervisor dies -----------------------------------------------------------------------------
+def _set_subreaper(on: bool) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
+
+
+def _exited(pid: int) -> bool:
+    """Reap `pid` if it is our (adopted) child; True once it has exited."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return True
+    except ChildProcessError:
+        pass  # not our child: look at it from outside
+    return not alive(pid)
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_sigkill_takes_workers_along(make_daemon, tmp_path):
+    # Orphans are adopted by the nearest subreaper. Make it this test process, so the
+    # workers' exit can be observed (and reaped) here instead of depending on PID 1.
+    _set_subreaper(True)
+    try:
+        d = make_daemon(workers=3)
+        c = d.client
+        wait_idle_pool(c, 3)
+        cmd_id = c.submit_command(["sleep", "300"])
+        fn_pidfile = str(tmp_path / "child.pid")
+        fn_id = c.submit("tests.tasks:command_child_pid", args=[fn_pidfile])
+        cmd_worker = wait_status(c, cmd_id, "running")["worker_pid"]
+        fn_worker = wait_status(c, fn_id, "running")["worker_pid"]
+        fn_child = read_pid(fn_pidfile)
+
+        def sleep_child():
+            kids = [p for p in psutil.Process(cmd_worker).children() if p.name() == "sleep"]
+            return kids[0].pid if kids else None
+
+        cmd_child = wait_for(sleep_child, 10, what="the command task's sleep process")
+        workers = set(d.worker_pids())
+        assert {cmd_worker, fn_worker} <= workers and len(workers) == 3
+        watched = workers | {cmd_child, fn_child}
+        d.remember_descendants()
+
+        os.kill(d.pid, signal.SIGKILL)
+        d.proc.wait(5)
+        t0 = time.monotonic()
+        wait_for(lambda: all(_exited(pid) for pid in watched), 1.5, what=f"workers and task children {sorted(watched)} to exit")
+        assert time.monotonic() - t0 < 1.5
+        for pid in watched:
+            assert not alive(pid)
+    finally:
+        for pid in list(locals().get("watched", ())):
+            _exited(pid)
+        _set_subreaper(False)
+
+
+# -- hard kill accuracy ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("timeout_s", [0.5, 1.0])
+def test_timeout_lands_near_its_deadline(make_daemon, timeout_s):
+    d = make_daemon(workers=1)
+    c = d.client
+    tid = c.submit("tests.tasks:sleep", args=[300], timeout=timeout_s, max_retries=0)
+    rec = c.wait([tid], timeout=20)["tasks"][0]
+    assert (rec["status"], rec["reason"]) == ("failed", "timeout")
+    took = rec["end_time"] - rec["start_time"]
+    assert timeout_s - 0.01 <= took <= timeout_s + 0.3, took
+    assert rec["execution_time"] == pytest.approx(took, abs=0.05)
+
+
+def test_timeout_of_command_task_kills_the_command(make_daemon):
+    d = make_daemon(workers=1)
+    c = d.client
+    tid = c.submit_command(["sleep", "301"], timeout=0.5, max_retries=0)
+    worker = wait_status(c, tid, "running")["worker_pid"]
+
+    def child():
+        try:
+            kids = psutil.Process(worker).children()
+        except psutil.NoSuchProcess:
+            return None
+        return kids[0].pid if kids else None
+
+    sleeper = wait_for(child, 5, what="the command's process")
+    rec = c.wait([tid], timeout=20)["tasks"][0]
+    assert (rec["status"], rec["reason"]) == ("failed", "timeout")
+    wait_for(lambda: gone(sleeper), 5, what="the timed-out command to be killed and reaped")
+    wait_idle_pool(c, 1, exclude={worker})

@@ -1,0 +1,136 @@
+"""Hygiene: many kills and re-forks leak nothing (fds, zombies, processes), and an idle
+supervisor sleeps in its poll instead of spinning."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from .conftest import wait_for
+from .helpers import wait_idle_pool, wait_status
+
+STORM_TASKS = 1000
+SLEEP_MARK = "312.5"  # a sleep argument nobody else uses, to find strays in ps
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def zombie_children(pid: int) -> list[int]:
+    out = []
+    for p in psutil.Process(pid).children():
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def stray_sleeps() -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in ps.splitlines() if f"sleep {SLEEP_MARK}" in line]
+
+
+def cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+@pytest.mark.timeout(120)
+def test_thousand_kills_leak_nothing(make_daemon):
+    workers = 4
+    d = make_daemon(workers=workers)
+    c = d.client
+    start_pids = {w["pid"] for w in wait_idle_pool(c, workers)}
+    c.ping()
+    fds_before = fd_count(d.pid)
+    forks_before = c.status()["performance_metrics"]["worker_forks"]
+
+    tasks = []
+    for i in range(STORM_TASKS):
+        if i % 2:
+            tasks.append({"command": ["sleep", SLEEP_MARK], "timeout": 0.02, "max_retries": 0})
+        else:
+            tasks.append({"function": "tests.tasks:sleep", "args": [300], "timeout": 0.02, "max_retries": 0})
+    t0 = time.monotonic()
+    ids = c.submit_many(tasks)
+    reply = c.wait(ids, timeout=90)
+    elapsed = time.monotonic() - t0
+    assert not reply["timed_out"], f"{len(reply['pending'])} tasks still pending after 90 s"
+    reasons = {(t["status"], t["reason"]) for t in reply["tasks"]}
+    assert reasons == {("failed", "timeout")}
+    assert len(reply["tasks"]) == STORM_TASKS
+
+    final = wait_idle_pool(c, workers, timeout=10)
+    assert len(final) == workers
+    assert not ({w["pid"] for w in final} & start_pids)
+    st = c.status()
+    assert st["performance_metrics"]["worker_forks"] - forks_before == STORM_TASKS
+    assert st["failed_tasks"] == STORM_TASKS
+    assert st["workers"] == {"idle": workers}
+
+    # the kernel side settles asynchronously (ZeroMQ closes dead peers' fds on its own thread)
+    wait_for(lambda: fd_count(d.pid) <= fds_before + 2, 10,
+             what=f"supervisor fds back to {fds_before} (now {fd_count(d.pid)}: {sorted(os.listdir(f'/proc/{d.pid}/fd'))})")
+    assert len(psutil.Process(d.pid).children()) == workers
+    wait_for(lambda: not zombie_children(d.pid), 5, what="no zombie children")
+    wait_for(lambda: not stray_sleeps(), 5, what=f"no stray sleeps: {stray_sleeps()}")
+    # and it still works
+    assert c.result(c.submit("tests.tasks:square", args=[12]), timeout=10) == 144
+    print(f"{STORM_TASKS} kills and re-forks in {elapsed:.1f}s")
+
+
+def test_cancel_storm_leaks_nothing(make_daemon):
+    d = make_daemon(workers=2)
+    c = d.client
+    wait_idle_pool(c, 2)
+    c.ping()
+    fds_before = fd_count(d.pid)
+    for _ in range(50):
+        tid = c.submit_command(["sleep", SLEEP_MARK])
+        wait_status(c, tid, "running")
+        assert c.cancel(tid)["cancelled"] == [tid]
+    wait_idle_pool(c, 2)
+    assert {t["status"] for t in c.list()} == {"cancelled"}
+    wait_for(lambda: fd_count(d.pid) <= fds_before + 2, 10, what="fds back to the start level")
+    wait_for(lambda: not zombie_children(d.pid), 5, what="no zombie children")
+    wait_for(lambda: not stray_sleeps(), 5, what="no stray sleeps")
+
+
+def _idle_cpu(pid: int, seconds: float = 1.0) -> float:
+    before = cpu_s(pid)
+    time.sleep(seconds)  # measuring what happens while nothing does: the sleep is the point
+    return cpu_s(pid) - before
+
+
+def test_idle_supervisor_does_not_spin(daemon):
+    c = daemon.client
+    wait_idle_pool(c, 2)
+    used = _idle_cpu(daemon.pid)
+    assert used < 0.05, f"idle supervisor used {used:.3f}s CPU in 1s"
+    for pid in daemon.worker_pids():
+        assert _idle_cpu(pid, 0.3) < 0.03
+
+
+def test_supervisor_idle_with_running_task_and_parked_wait(daemon, tmp_path):
+    """Far deadlines (a 1-hour timeout, a 1-hour wait) must not make the loop tick."""
+    c = daemon.client
+    tid = c.submit("tests.tasks:wait_for_file", args=[str(tmp_path / "gate"), 3600], timeout=3600)
+    wait_status(c, tid, "running")
+    from pipeline_client import Client
+
+    with Client(daemon.socket) as waiter:
+        from pipeline_protocol import encode
+
+        waiter._sock.send_multipart([b"", encode({"v": 1, "op": "wait", "rid": 1, "task_ids": [tid], "timeout": 3600})])
+        c.ping()
+        used = _idle_cpu(daemon.pid)
+        assert used < 0.05, f"supervisor used {used:.3f}s CPU in 1s with only far deadlines"
+        open(tmp_path / "gate", "w").close()
+        assert c.result(tid, timeout=10) is True
