@@ -21,7 +21,6 @@ def add(a: float, b: float) -> float:
 
 def noop() -> None:
     """Do nothing: measures pure scheduling overhead in benchmarks."""
-    return None
 
 
 def slow(seconds: float) -> float:

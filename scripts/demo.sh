@@ -31,7 +31,8 @@ done
 echo "pipelined is up ($("$bin/pipelinectl" --json status | "$bin/python" -c 'import json,sys; print(json.load(sys.stdin)["max_workers"])') workers, socket $PIPELINED_SOCKET)"
 
 envs=()
-[ -n "${TARGET:-}" ] && envs=(--env "TARGET=$TARGET")
+# Tasks run in the pipeline's folder: hand them an absolute TARGET.
+[ -n "${TARGET:-}" ] && envs=(--env "TARGET=$(realpath "$TARGET")")
 set +e
 "$bin/pipelinectl" run examples/quality/pipeline.toml "${envs[@]}"
 status=$?

@@ -183,3 +183,24 @@ def crash_once(path, how="exit"):
         else:
             os._exit(9)
     return "second attempt"
+
+
+def durable_step(log_path, tag, value, seconds=0.0, *upstream):
+    """Sleep, then append `tag` to log_path in one write, then return value + sum(upstream).
+
+    The durability tests count how often each task ran (at-least-once) from the log and
+    check `Ref` arguments through the result: `upstream` are the results of Ref args.
+    """
+    time.sleep(seconds)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{tag}\n".encode())
+    finally:
+        os.close(fd)
+    return value + sum(upstream)
+
+
+def gated_step(log_path, tag, gate, value=0, timeout=60.0):
+    """Block until the file `gate` exists (the test releases it), then durable_step(log_path, tag, value)."""
+    wait_for_file(gate, timeout)
+    return durable_step(log_path, tag, value)

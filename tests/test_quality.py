@@ -184,6 +184,12 @@ def test_prepare_refuses_a_target_inside_work(run_env, monkeypatch):
     assert (inner / "a.py").exists()
 
 
+def test_prepare_explains_a_relative_target(run_env, monkeypatch):
+    monkeypatch.setenv("TARGET", "tests/fixtures/quality_sample")  # relative to the repo, not to cwd
+    with pytest.raises(RuntimeError, match="relative to .*examples/quality, the pipeline file's folder"):
+        stages.prepare()
+
+
 def test_prepare_leaves_out_a_work_folder_inside_target(tmp_path, monkeypatch):
     target = tmp_path / "proj"
     (target / "pkg").mkdir(parents=True)
@@ -192,6 +198,19 @@ def test_prepare_leaves_out_a_work_folder_inside_target(tmp_path, monkeypatch):
     monkeypatch.setenv("WORK", str(target / "work"))
     stages.prepare()
     assert stages.prepare()["files"] == 1  # the second run must not copy the first run's copy
+
+
+def test_a_ruff_module_in_the_target_cannot_shadow_ruff(tmp_path, monkeypatch):
+    # ruff runs with the copy as its cwd; `python -m ruff` must not import the copy's ruff.py.
+    target = tmp_path / "proj"
+    target.mkdir()
+    (target / "ruff.py").write_text("raise SystemExit(3)\n")
+    (target / "json.py").write_text("import os\n")  # F401, and a stdlib name
+    monkeypatch.setenv("TARGET", str(target))
+    monkeypatch.setenv("WORK", str(tmp_path / "work"))
+    monkeypatch.chdir(target)
+    stages.prepare()
+    assert stages.scan(shard=0, shards=1)["issues"] == 1
 
 
 def test_defaults_resolve_against_the_pipeline_folder(monkeypatch, tmp_path):

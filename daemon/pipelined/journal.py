@@ -143,6 +143,9 @@ class Journal(TaskStore):
     def _forget(self, task_ids: list[str]) -> None:
         self._gone.extend(task_ids)
 
+    def dirty_count(self) -> int:
+        return len(self._dirty) + len(self._gone)
+
     def flush(self) -> int:
         if not self._dirty and not self._gone:
             return 0

@@ -92,6 +92,9 @@ class TaskStore:
     def _forget(self, task_ids: list[str]) -> None:
         """Remove pruned tasks from durable storage (nothing to do in memory)."""
 
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
     def flush(self) -> int:
         """Persist what changed since the last flush; returns how many tasks."""
         n = len(self._dirty)

@@ -42,6 +42,7 @@ from .handlers import result_reply, wait_reply
 from .policy import Policy
 from .pool import WorkerPool, become_subreaper, describe_exit
 from .scheduler import Scheduler
+from .sdnotify import Notifier
 from .store import TaskStore
 from .task import Task
 from .waiters import Waiter, Waiters
@@ -49,6 +50,8 @@ from .waiters import Waiter, Waiters
 log = logging.getLogger("pipelined")
 
 WORKER_SOCKET = "workers.sock"
+COMMIT_DELAY_S = 0.005  # how long a state change may wait for company before it is written
+COMMIT_BATCH = 2000
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -82,6 +85,9 @@ class Supervisor:
         self._wakeup_r = self._wakeup_w = -1
         self._child_exited = False  # SIGCHLD seen since the last reap
         self.outbox: list[tuple[list[bytes], dict]] = []  # replies of this pass, sent after the flush
+        self.dirty_since: float | None = None  # first uncommitted change (group commit)
+        self.notify = Notifier()
+        self.ready_sent = False
         self.next_prune = time.monotonic()
         self.config_path: str | None = None  # re-read on SIGHUP
         self.reload_config: Any = None  # callable returning a new Config (main.py sets it)
@@ -135,6 +141,7 @@ class Supervisor:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        self.notify.close()
         signal.set_wakeup_fd(-1)
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
@@ -164,18 +171,36 @@ class Supervisor:
                 self.reap_children(now, wall)
             self.enforce_deadlines(now, wall)
             self.scheduler.promote_due(now)
-            self.dispatch(now, wall)
             self.answer_waiters(now)
-            self.store.flush()
-            self.send_replies()
+            if self.outbox:
+                self.commit(now)  # every reply leaves after the state it reports is on disk
+                self.send_replies()
+            self.dispatch(now, wall)
+            self.commit_if_due(now)
             if now >= self.next_prune:
                 self.prune(now, wall)
+            self.notify.watchdog(now)
             self.show_title()
             if self.draining and self.finish_drain(now, wall):
                 return
 
+    def commit(self, now: float) -> None:
+        self.store.flush()
+        self.dirty_since = None
+
+    def commit_if_due(self, now: float) -> None:
+        """Group commit: changes no reply waits for (starts, ends) are written
+        together, at most COMMIT_DELAY_S after the first of them."""
+        if not self.store.dirty_count():
+            return
+        if self.dirty_since is None:
+            self.dirty_since = now
+        if now - self.dirty_since >= COMMIT_DELAY_S or self.store.dirty_count() >= COMMIT_BATCH:
+            self.commit(now)
+
     def _poll_timeout_ms(self) -> int | None:
-        due = [t for t in (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline, self.next_prune) if t is not None]
+        commit_at = None if self.dirty_since is None else self.dirty_since + COMMIT_DELAY_S
+        due = [t for t in (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline, self.next_prune, commit_at, self.notify.next_watchdog) if t is not None]
         if not due:
             return None
         # Round up: waking a hair early would only spin until the deadline.
@@ -214,6 +239,9 @@ class Supervisor:
                 self._on_done(handle, msg, now, wall)
             elif kind == wm.HELLO and handle.state == "starting":
                 self.pool.ready(handle)
+                if not self.ready_sent and len(self.pool.idle) >= self.pool.size:
+                    self.ready_sent = True
+                    self.notify.ready(self.status_line())
             elif kind == wm.BYE:
                 handle.state = "exiting"
 
@@ -345,9 +373,16 @@ class Supervisor:
             log.info("retention: pruned %d tasks that ended more than %gs ago", len(gone), ttl)
         self.next_prune = now + min(max(ttl / 4, 0.05), 60.0)
 
-    def show_title(self) -> None:
+    def status_line(self) -> str:
         counts = self.scheduler.counts
-        titles.set_title(f"pipelined: supervisor [{self.pool.size} workers, {counts[TaskState.QUEUED]} queued, {counts[TaskState.RUNNING]} running]")
+        return f"{self.pool.size} workers, {counts[TaskState.QUEUED]} queued, {counts[TaskState.RUNNING]} running"
+
+    def show_title(self) -> None:
+        line = self.status_line()
+        titles.set_title(f"pipelined: supervisor [{line}]")
+        if self.notify.enabled:
+            counts = self.scheduler.counts
+            self.notify.status(f"{line}, {counts[TaskState.COMPLETED]} completed, {counts[TaskState.FAILED]} failed")
 
     # -- reload -----------------------------------------------------------------
     def reload(self) -> None:
@@ -360,10 +395,12 @@ class Supervisor:
         if self.reload_config is None:
             log.info("SIGHUP: no configuration source to reload")
             return
+        self.notify.reloading()
         try:
             new = self.reload_config()
         except Exception as exc:  # ConfigError, or anything a bad file provokes
             log.error("SIGHUP: configuration rejected, keeping the old one: %s", exc)
+            self.notify.reloaded(self.status_line())
             return
         old, self.config = self.config, new
         sched = self.scheduler
@@ -378,6 +415,7 @@ class Supervisor:
         self.next_prune = time.monotonic()
         changed = sorted(k for k, v in new.effective().items() if old.effective().get(k) != v)
         log.info("SIGHUP: configuration reloaded (%s)", ", ".join(changed) or "nothing changed")
+        self.notify.reloaded(self.status_line())
 
     # -- cancel, drain ----------------------------------------------------------
     def cancel_task(self, task: Task) -> bool:
@@ -396,6 +434,8 @@ class Supervisor:
         deadline = time.monotonic() + grace
         if self.draining and self.drain_deadline is not None and self.drain_deadline <= deadline:
             return
+        if not self.draining:
+            self.notify.stopping(f"draining: {why}")
         self.draining = True
         self.drain_deadline = deadline
         log.info("draining (%s): no new tasks; %d running get %gs to finish", why, len(self.scheduler.running), grace)

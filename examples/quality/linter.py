@@ -1,10 +1,10 @@
 """Running ruff: one lint pass (JSON findings) or one fix pass (fix counts).
 
 Owns the ruff command line and the parsing of its output. Ruff runs as
-`python -I -m ruff` with the worker's own interpreter, so it is the ruff
-installed next to pipelined, whatever PATH says; `-I` keeps the current folder
-(the pipeline's folder, or a copy of the stdlib) off sys.path, so no file there
-can shadow ruff or a module it imports.
+`python -P -m ruff` with the worker's own interpreter, so it is the ruff
+installed next to pipelined, whatever PATH says; `-P` (Python 3.11+) keeps the
+current folder (the pipeline's folder, or a copy of the stdlib) off sys.path,
+so no file there can shadow ruff or a module it imports.
 
 Ruff is configured on the command line only: `--isolated` ignores every
 pyproject.toml / ruff.toml (the target's own config, the user's), RUFF_*
@@ -51,27 +51,36 @@ class FixResult:
 
 
 def ruff_argv(*args: str) -> list[str]:
-    return [sys.executable, "-I", "-m", "ruff", *args]
+    return [sys.executable, "-P", "-m", "ruff", *args]
 
 
 def version() -> str:
-    out = subprocess.run(ruff_argv("--version"), capture_output=True, text=True, check=True)
+    """Ruff's version string; also the early check that ruff is installed at all."""
+    out = subprocess.run(ruff_argv("--version"), capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"cannot run ruff with {sys.executable} ({out.stderr.strip()[-300:]}); "
+            "install it next to pipelined: pip install 'pipelined[examples]' (or: pip install ruff)"
+        )
     return out.stdout.strip()
 
 
 def check(root: Path, files: list[str], rules: list[str], target_version: str, threads: int) -> CheckResult:
     """Lint `files` (paths relative to `root`) and return normalised findings."""
+    root = root.resolve()
     result = CheckResult()
     for chunk in _chunks(files):
         out = _run(root, ["--output-format=json", "--no-fix", *_common(rules, target_version)], chunk, threads)
         result.findings.extend(_finding(root, raw) for raw in json.loads(out.stdout or "[]"))
         result.unreadable.extend(_unreadable(root, out.stderr))
+    result.findings = _one_syntax_error_per_file(result.findings)
     result.findings.sort(key=lambda f: (f["path"], f["line"], f["column"], f["code"]))
     return result
 
 
 def fix(root: Path, files: list[str], rules: list[str], target_version: str, threads: int) -> FixResult:
     """Apply ruff's safe fixes for `rules` to `files` in place; count them per file and rule."""
+    root = root.resolve()
     result = FixResult()
     for chunk in _chunks(files):
         # --fix-only: leftovers are the validate stage's business, and the exit
@@ -97,7 +106,8 @@ def _run(root: Path, options: list[str], files: list[str], threads: int) -> subp
         env["RAYON_NUM_THREADS"] = str(threads)  # ruff's thread pool size
     # "--" so that a file named like an option is still a file.
     argv = ruff_argv("check", *options, "--", *files)
-    out = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
+    # check=False: exit 1 means "found issues"; the exit code is judged below.
+    out = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", check=False)
     if out.returncode not in (0, 1):
         tail = (out.stderr or out.stdout).strip()[-2000:]
         raise RuntimeError(f"ruff failed (exit {out.returncode}): {tail}")
@@ -105,13 +115,19 @@ def _run(root: Path, options: list[str], files: list[str], threads: int) -> subp
 
 
 def _relative(root: Path, filename: str) -> str:
+    """Ruff's file name as a posix path relative to `root` (the cwd ruff ran in)."""
+    # Ruff prints absolute paths under its (resolved) cwd: a prefix check is
+    # enough, and resolving every one of thousands of findings is not cheap.
+    prefix = f"{root}{os.sep}"
+    if filename.startswith(prefix):
+        return Path(filename[len(prefix):]).as_posix()
     path = Path(filename)
-    if not path.is_absolute():
-        return path.as_posix()
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()
 
 
 def _finding(root: Path, raw: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +147,20 @@ def _finding(root: Path, raw: dict[str, Any]) -> dict[str, Any]:
         "message": raw.get("message", ""),
         "fix": fix.get("applicability"),  # "safe", "unsafe", "display-only" or None
     }
+
+
+def _one_syntax_error_per_file(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # How many errors ruff's parser recovers into differs between versions
+    # (`def f(:` is one error or two); "this file does not parse" does not.
+    seen: set[str] = set()
+    kept = []
+    for finding in sorted(findings, key=lambda f: (f["path"], f["line"], f["column"])):
+        if finding["code"] == SYNTAX_ERROR:
+            if finding["path"] in seen:
+                continue
+            seen.add(finding["path"])
+        kept.append(finding)
+    return kept
 
 
 def _unreadable(root: Path, stderr: str) -> Iterable[dict[str, str]]:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from . import linter, params, report as reporting, tree
+from . import linter, params, tree
+from . import report as reporting  # "report" is also the stage function below
 from .workdir import PHASES, WorkDir, read_json, timed, write_json
 
 
@@ -41,6 +43,7 @@ def prepare(target: str | None = None, work: str | None = None) -> dict[str, Any
             "ruff": linter.version(),
             "rules": params.scan_rules(),
             "fix_rules": params.fix_rules(),
+            "not_fixed": params.not_fixed_reasons(params.scan_rules(), params.fix_rules()),
             "target_version": params.target_version(),
             "files": files,
             "skipped": skipped,
@@ -110,18 +113,21 @@ def _lint(phase: str, shard: Any, shards: Any, work: str | None) -> dict[str, An
     return {"shard": index, "files": len(files), "issues": len(result.findings)}
 
 
-def _check_folders(source: Any, wd: WorkDir) -> None:
+def _check_folders(source: Path, wd: WorkDir) -> None:
     if not source.is_dir():
-        raise RuntimeError(f"TARGET {source} is not a folder")
+        raise RuntimeError(
+            f"TARGET {source} is not a folder (a relative TARGET is relative to {Path.cwd()}, "
+            "the pipeline file's folder: pass an absolute path)"
+        )
     # Wiping WORK must never delete the target, and the copy must not copy itself.
     if source == wd.root or source.is_relative_to(wd.root):
         raise RuntimeError(f"TARGET {source} is inside WORK {wd.root}; prepare would delete it")
 
 
-def _copy_tree(source: Any, wd: WorkDir) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def _copy_tree(source: Path, wd: WorkDir) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     exclude = wd.root if wd.root.is_relative_to(source) else None
     files: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []  # copied, not linted
     for rel, path in tree.select_files(source, exclude):
         outcome = tree.copy_file(path, wd.tree / rel)
         if isinstance(outcome, str):

@@ -1,8 +1,8 @@
 """The files under test: which ones are copied from TARGET, and which shard owns each.
 
-Owns the selection rules (Python sources only, no caches, virtualenvs or
-installed packages, only what ruff can read) and the deterministic split of the
-manifest into shards. The copy is the only thing ever edited; TARGET is only read.
+Owns the selection rules (Python sources only; no caches, virtualenvs or
+installed packages; only what ruff can read is linted) and the deterministic
+split of the manifest into shards. The copy is the only thing ever edited; TARGET is only read.
 """
 
 from __future__ import annotations
@@ -46,8 +46,14 @@ def _wanted_dir(path: Path, exclude: Path | None) -> bool:
 
 
 def copy_file(src: Path, dest: Path) -> dict[str, Any] | str:
-    """Copy one file; return its manifest entry, or why it was skipped."""
+    """Copy one file; return its manifest entry, or why it is not to be linted.
+
+    Files not to be linted are still copied, unchanged, so the copy stays a
+    complete tree that can be imported and tested like the original.
+    """
     data = src.read_bytes()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
     if len(data) > MAX_FILE_BYTES:
         return f"larger than {MAX_FILE_BYTES // 1_000_000} MB"
     try:
@@ -56,8 +62,6 @@ def copy_file(src: Path, dest: Path) -> dict[str, Any] | str:
         # Ruff reads UTF-8 only; a PEP 263 latin-1 file would be a warning on
         # stderr and silently missing from every count.
         return "not UTF-8 (ruff reads UTF-8 only)"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(data)
     return {"bytes": len(data), "lines": text.count("\n"), "sha256": hashlib.sha256(data).hexdigest()}
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,25 +76,23 @@ class WorkDir:
         (self.root / MARKER).write_text("made by examples/quality; prepare wipes this folder\n")
 
 
-def write_json(path: Path, data: Any) -> None:
-    # Write-then-rename: readers see the old file or the whole new one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def write_json(path: Path, data: Any, pretty: bool = False) -> None:
+    # Compact by default: shard files hold thousands of findings, and json's
+    # indenting encoder is pure Python (several times slower than compact).
+    text = json.dumps(data, indent=1, sort_keys=True) if pretty else json.dumps(data, separators=(",", ":"))
+    write_text(path, text + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
+    # Write-then-rename: a reader sees the old file or the whole new one, never
+    # half of one, even if this task is killed mid-write.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json(path: Path, what: str) -> Any:
