@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -233,6 +234,28 @@ def test_many_parked_waits_answered(daemon, tmp_path):
     finally:
         for peer in peers:
             peer.close(linger=0)
+
+
+def test_concurrent_clients_get_their_own_replies(daemon):
+    errors = []
+
+    def client_thread(n):
+        try:
+            with Client(daemon.socket) as c:
+                for i in range(40):
+                    tid = c.submit("tests.tasks:add", args=[n, i])
+                    assert c.result(tid, timeout=20) == n + i
+                    assert c.get(tid)["result"] == n + i
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(f"client {n}: {exc!r}")
+
+    threads = [threading.Thread(target=client_thread, args=(1000 * n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert daemon.client.status()["completed_tasks"] == 8 * 40
 
 
 # -- cancel ------------------------------------------------------------------------------------
@@ -584,6 +607,20 @@ def test_too_deep_result_is_a_clear_error(daemon):
     assert c.result(c.submit("tests.tasks:deep", args=[3]), timeout=10) == [[[[]]]]
 
 
+@pytest.mark.parametrize("depth", [1021, 1022, 1023])
+def test_result_nested_near_the_codec_limit(make_daemon, depth):
+    d = make_daemon(workers=1)
+    c = d.client
+    tid = c.submit("tests.tasks:deep", args=[depth], max_retries=0)
+    wait_for(lambda: c.list(state="running") == [] and c.queue_status()["queue_size"] == 0, 10, what="the task to end")
+    rec = c.get(tid)  # every view of the task must still work
+    assert [t["task_id"] for t in c.list()] == [tid]
+    assert c.wait([tid], timeout=5)["timed_out"] is False
+    if rec["status"] != "completed":
+        assert (rec["status"], rec["reason"]) == ("failed", "error")
+    assert c.status()["performance_metrics"]["worker_kills"] == 0
+
+
 @pytest.mark.timeout(60)
 def test_oversized_result_fails_task_and_worker_survives(daemon):
     c = daemon.client
@@ -628,6 +665,39 @@ def test_args_over_the_frame_limit_get_a_clear_error(daemon):
         assert ei.value.code == "too_large"
         assert time.monotonic() - t0 < 2
     assert daemon.client.ping()["pong"]
+
+
+def test_workers_are_recycled_after_max_tasks(make_daemon):
+    d = make_daemon(workers=1, args=("--max-tasks-per-worker", "2"))
+    c = d.client
+    pids = []
+    for _ in range(6):
+        pids.append(c.result(c.submit("tests.tasks:getpid"), timeout=10))
+    assert len(set(pids)) == 3
+    assert pids[0] == pids[1] and pids[2] == pids[3] and pids[4] == pids[5]
+    assert all(t["status"] == "completed" and t["retry_count"] == 0 for t in c.list())
+    st = c.status()
+    assert st["performance_metrics"]["worker_kills"] == 0  # a recycle is a clean exit, not a kill
+    wait_idle_pool(c, 1)
+
+
+def test_drain_refuses_new_tasks_and_lets_running_ones_finish(make_daemon, tmp_path):
+    d = make_daemon(workers=1)
+    c = d.client
+    running = c.submit("tests.tasks:wait_for_file", args=[gate(tmp_path)])
+    wait_status(c, running, "running")
+    queued = c.submit("tests.tasks:record", args=[str(tmp_path / "ran"), "queued"])
+    reply = c.drain()
+    assert reply["draining"] is True
+    assert c.status()["draining"] is True
+    with pytest.raises(RequestError) as ei:
+        c.submit("tests.tasks:noop")
+    assert ei.value.code == "draining"
+    assert c.get(running)["status"] == "running"  # not killed by the drain
+    open(gate(tmp_path), "w").close()
+    assert d.proc.wait(15) == 0  # nothing left running: the daemon stops by itself
+    assert not (tmp_path / "ran").exists()  # the queued task was never started
+    assert queued
 
 
 # -- process titles ----------------------------------------------------------------------------

@@ -31,7 +31,21 @@ MAX_REQUESTS_PER_PASS = 256  # keep the loop fair to workers under a flood of re
 EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
-def bind_control(ctx: zmq.Context, path: str, mode: int = 0o660) -> zmq.Socket:
+_socket_gid: int | None = None  # set once by main from `socket_group`, before the supervisor binds
+
+
+def set_socket_group(gid: int | None) -> None:
+    """The group the control socket is given after bind (None: the daemon's own)."""
+    global _socket_gid
+    _socket_gid = gid
+
+
+def bind_control(ctx: zmq.Context, path: str, mode: int = 0o660, gid: int | None = None) -> zmq.Socket:
+    """Bind the ROUTER at `path`, born with `mode` (no window), then given to the socket group.
+
+    Whoever can open this socket can run code as the daemon's user: the mode
+    and group are the access control.
+    """
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 4096)
@@ -42,7 +56,10 @@ def bind_control(ctx: zmq.Context, path: str, mode: int = 0o660) -> zmq.Socket:
         sock.bind("ipc://" + path)
     finally:
         os.umask(old)
-    os.chmod(path, mode)
+    gid = _socket_gid if gid is None else gid
+    if gid is not None:
+        os.chown(path, -1, gid)  # main checked that we may (root, or a member of the group)
+    os.chmod(path, mode)  # after chown: a chown by non-root may clear mode bits
     return sock
 
 

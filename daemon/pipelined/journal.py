@@ -189,6 +189,12 @@ class Journal(TaskStore):
 
     # -- reads ------------------------------------------------------------
     def load(self) -> list[Task]:
+        try:
+            return self._load()
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+            raise JournalError(f"{self.path}: a task row cannot be read ({type(exc).__name__}: {exc}); the journal is damaged, move it aside to start empty") from None
+
+    def _load(self) -> list[Task]:
         tasks = []
         rows = self.db.execute(
             "SELECT seq, spec, submitted_at, state, attempt, retry_count, result, error, reason, start_time, end_time, execution_time, worker_pid "

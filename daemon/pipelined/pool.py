@@ -38,7 +38,7 @@ PR_SET_CHILD_SUBREAPER = 36
 class WorkerHandle:
     """The supervisor's view of one worker process."""
 
-    __slots__ = ("slot", "pid", "ident", "state", "task_id", "attempt", "tasks_done", "started_at", "kill_reason")
+    __slots__ = ("slot", "pid", "ident", "state", "task_id", "attempt", "tasks_done", "started_at", "kill_reason", "reserved", "skips")
 
     def __init__(self, slot: int, pid: int):
         self.slot = slot
@@ -50,6 +50,8 @@ class WorkerHandle:
         self.tasks_done = 0
         self.started_at = time.time()
         self.kill_reason: str | None = None
+        self.reserved: deque[str] = deque()  # prefetched task ids, sent but not started
+        self.skips: dict[str, str] = {}  # reserved task id -> why we asked the worker to drop it
 
     def info(self) -> dict:
         return {
@@ -57,6 +59,7 @@ class WorkerHandle:
             "pid": self.pid,
             "state": self.state,
             "task_id": self.task_id,
+            "prefetched": list(self.reserved),
             "tasks_done": self.tasks_done,
             "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 3),

@@ -109,8 +109,11 @@ class Scheduler:
         """Hook a new task to its dependencies; queue it if none is outstanding."""
         for dep_id in task.dependencies:
             dep = self.store.get(dep_id)
-            if dep is None or dep.state is TaskState.COMPLETED:
-                continue  # None: completed and pruned by retention before a restart
+            if dep is None:
+                continue  # completed and pruned by retention before a restart
+            dep.pending_dependents += 1  # retention keeps it while we may need its result
+            if dep.state is TaskState.COMPLETED:
+                continue
             if dep.state in END_STATES:
                 self._end(task, TaskState.FAILED, now, wall, FailureReason.UPSTREAM_FAILED, _upstream_error(dep))
                 return
@@ -180,6 +183,10 @@ class Scheduler:
             self._set_state(t, st)
             self.store.ended(t)
             self.ended.append(t)
+            for dep_id in t.dependencies:
+                dep = self.store.get(dep_id)
+                if dep is not None and dep.pending_dependents > 0:
+                    dep.pending_dependents -= 1
             for dependent in self._dependents.pop(t.task_id, ()):
                 if dependent.state in END_STATES:
                     continue
@@ -202,6 +209,12 @@ class Scheduler:
     def has_ready(self) -> bool:
         return bool(self._ready)
 
+    def top_priority(self) -> int | None:
+        """Priority of the best queued task (stale heap entries dropped first)."""
+        while self._ready and self._ready[0][2].state is not TaskState.QUEUED:
+            heapq.heappop(self._ready)
+        return -self._ready[0][0] if self._ready else None
+
     def next_ready(self) -> Task | None:
         """Pop the highest-priority queued task whose type has room, or None."""
         while self._ready:
@@ -218,10 +231,32 @@ class Scheduler:
             return task
         return None
 
+    def requeue(self, task: Task) -> None:
+        """Put back a task taken by next_ready() that could not be used."""
+        heapq.heappush(self._ready, (-task.priority, task.seq, task))
+
+    def reserve(self, task: Task, worker_pid: int) -> int:
+        """Hand a queued task to a busy worker to start after its current one
+        (prefetch). It stays `queued` until start_reserved; returns the attempt."""
+        task.attempt += 1
+        task.worker_pid = worker_pid
+        return task.attempt
+
+    def unreserve(self, task: Task) -> None:
+        """A prefetched task that never started goes back to the queue, no attempt spent."""
+        if task.state is TaskState.QUEUED and task.worker_pid is not None:
+            task.attempt -= 1
+            task.worker_pid = None
+            self.requeue(task)
+
     def start(self, task: Task, worker_pid: int, now: float, wall: float) -> int:
         """Mark `task` running on `worker_pid`; returns the attempt number."""
         task.attempt += 1
         task.worker_pid = worker_pid
+        return self.start_reserved(task, now, wall)
+
+    def start_reserved(self, task: Task, now: float, wall: float) -> int:
+        """The worker holding `task` (reserve) started it: its deadline counts from now."""
         task.start_time = wall
         task.end_time = None
         task.deadline = now + task.timeout_s
@@ -347,8 +382,16 @@ class Scheduler:
         return counts
 
     def results_of(self, task: Task) -> dict[str, Any]:
-        """Results of a task's dependencies, for Ref substitution at dispatch."""
-        return {dep: self.store.get(dep).result for dep in task.dependencies}
+        """Results of a task's dependencies, for Ref substitution at dispatch.
+
+        KeyError when one is gone (pruned by retention while this task waited)."""
+        out = {}
+        for dep_id in task.dependencies:
+            dep = self.store.get(dep_id)
+            if dep is None:
+                raise KeyError(f"the result of dependency {dep_id} is gone (pruned after result_ttl_s)")
+            out[dep_id] = dep.result
+        return out
 
 
 def _is_live(entry: tuple[float, int, int, Task]) -> bool:

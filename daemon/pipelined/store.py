@@ -26,6 +26,7 @@ class TaskStore:
         self._by_workflow: dict[str, dict[str, None]] = {}
         self._dirty: dict[str, Task] = {}
         self._end_order: deque[tuple[float, str]] = deque()
+        self._kept: list[tuple[float, str]] = []  # due for pruning, but a dependent still needs them
 
     def add(self, task: Task) -> None:
         self._index(task)
@@ -72,11 +73,17 @@ class TaskStore:
     def prune(self, ended_before: float) -> list[str]:
         """Forget ended tasks whose end_time is older than `ended_before` (epoch s)."""
         gone = []
+        due, self._kept = self._kept, []
         while self._end_order and self._end_order[0][0] < ended_before:
-            _, task_id = self._end_order.popleft()
+            due.append(self._end_order.popleft())
+        for entry in due:
+            task_id = entry[1]
             task = self._tasks.get(task_id)
-            if task is None or task.end_time is None or task.end_time >= ended_before:
-                continue  # ended again later (it cannot today), or already gone
+            if task is None or task.end_time is None:
+                continue  # already gone
+            if task.pending_dependents > 0:
+                self._kept.append(entry)  # its result is still to be handed on
+                continue
             del self._tasks[task_id]
             self._dirty.pop(task_id, None)
             if task.workflow is not None:

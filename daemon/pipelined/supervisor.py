@@ -52,6 +52,10 @@ log = logging.getLogger("pipelined")
 WORKER_SOCKET = "workers.sock"
 COMMIT_DELAY_S = 0.005  # how long a state change may wait for company before it is written
 COMMIT_BATCH = 2000
+MAX_FAILED_PASSES = 50
+# Prefetch only behind tasks known to be short: a task queued behind a long one
+# would wait for it while another worker may go idle.
+PREFETCH_BEHIND_S = 0.005
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -60,13 +64,14 @@ def _noop_handler(signum: int, frame: Any) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: Config, runtime_dir: str, state_dir: str, store: TaskStore | None = None):
+    def __init__(self, config: Config, runtime_dir: str, state_dir: str, store: TaskStore | None = None, restored: list[Task] | None = None):
         self.config = config
         self.runtime_dir = runtime_dir
         self.state_dir = state_dir
         self.socket_path = socket_path_in(runtime_dir)
         self.worker_socket_path = os.path.join(runtime_dir, WORKER_SOCKET)
         self.store = store if store is not None else TaskStore()
+        self._restored = restored  # tasks read back from the journal, taken in at setup
         self.scheduler = Scheduler(
             self.store,
             default_timeout_s=config.default_task_timeout,
@@ -88,6 +93,7 @@ class Supervisor:
         self.dirty_since: float | None = None  # first uncommitted change (group commit)
         self.notify = Notifier()
         self.ready_sent = False
+        self.typical_s: dict[str, float] = {}  # function/command -> moving average of its run time
         self.next_prune = time.monotonic()
         self.config_path: str | None = None  # re-read on SIGHUP
         self.reload_config: Any = None  # callable returning a new Config (main.py sets it)
@@ -118,7 +124,8 @@ class Supervisor:
         self.pool.fill()
 
     def restore(self) -> None:
-        tasks = self.store.load()
+        tasks = self._restored if self._restored is not None else self.store.load()
+        self._restored = None
         if not tasks:
             return
         now, wall = time.monotonic(), time.time()
@@ -158,31 +165,46 @@ class Supervisor:
 
     # -- the loop ---------------------------------------------------------------
     def _loop(self) -> None:
+        failures = 0
         while True:
             ready = dict(self.poller.poll(self._poll_timeout_ms()))
-            now, wall = time.monotonic(), time.time()
-            if self._wakeup_r in ready:
-                self.handle_signals()
-            if self.workers_sock in ready:
-                self.handle_worker_messages(now, wall)
-            if self.control in ready:
-                control.serve_pending(self, self.control, self.outbox)
-            if self._child_exited:
-                self.reap_children(now, wall)
-            self.enforce_deadlines(now, wall)
-            self.scheduler.promote_due(now)
-            self.answer_waiters(now)
-            if self.outbox:
-                self.commit(now)  # every reply leaves after the state it reports is on disk
-                self.send_replies()
-            self.dispatch(now, wall)
-            self.commit_if_due(now)
-            if now >= self.next_prune:
-                self.prune(now, wall)
-            self.notify.watchdog(now)
-            self.show_title()
-            if self.draining and self.finish_drain(now, wall):
-                return
+            try:
+                if self._pass(ready):
+                    return
+                failures = 0
+            except Exception:
+                # A bug of ours must not take every task down with it: log, go on.
+                # Failing pass after pass means the state is broken: stop, and let
+                # the supervisor of the daemon (systemd) restart it from the journal.
+                failures += 1
+                log.exception("internal error in the supervisor loop (%d in a row)", failures)
+                if failures >= MAX_FAILED_PASSES:
+                    raise
+
+    def _pass(self, ready: dict) -> bool:
+        """One pass of the loop's steps; True when the daemon may stop."""
+        now, wall = time.monotonic(), time.time()
+        if self._wakeup_r in ready:
+            self.handle_signals()
+        if self.workers_sock in ready:
+            self.handle_worker_messages(now, wall)
+        if self.control in ready:
+            control.serve_pending(self, self.control, self.outbox)
+        if self._child_exited:
+            self.reap_children(now, wall)
+        self.enforce_deadlines(now, wall)
+        self.scheduler.promote_due(now)
+        self.answer_waiters(now)
+        if self.outbox:
+            self.commit(now)  # every reply leaves after the state it reports is on disk
+            self.send_replies()
+        self.dispatch(now, wall)
+        self.commit_if_due(now)
+        if now >= self.next_prune:
+            self.prune(now, wall)
+        self.notify.watchdog(now)
+        self.show_title()
+        return self.draining and self.finish_drain(now, wall)
 
     def commit(self, now: float) -> None:
         self.store.flush()
@@ -235,8 +257,14 @@ class Supervisor:
                 self._lose_worker_task(handle, "sent an undecodable message", now, wall)
                 self.pool.kill(handle, "protocol error")
                 continue
+            if handle.state == "killed":
+                continue  # its last words; we already gave up on its tasks
             if kind == wm.DONE:
                 self._on_done(handle, msg, now, wall)
+            elif kind == wm.START:
+                self._start_reserved(handle, msg.get("id"), now, wall)
+            elif kind == wm.SKIPPED:
+                self._on_skipped(handle, msg.get("id"), now, wall)
             elif kind == wm.HELLO and handle.state == "starting":
                 self.pool.ready(handle)
                 if not self.ready_sent and len(self.pool.idle) >= self.pool.size:
@@ -248,10 +276,53 @@ class Supervisor:
     def _on_done(self, handle, msg: dict, now: float, wall: float) -> None:
         if handle.state != "busy" or handle.task_id != msg.get("id"):
             return  # we gave up on that attempt already (timeout, cancel)
-        task = self.scheduler.finish(msg["id"], msg["a"], msg.get("result"), msg.get("error"), float(msg.get("exec_s") or 0.0), now, wall)
+        exec_s = float(msg.get("exec_s") or 0.0)
+        task = self.scheduler.finish(msg["id"], msg["a"], msg.get("result"), msg.get("error"), exec_s, now, wall)
+        if task is not None:
+            label = task.function or task.command[0]
+            prev = self.typical_s.get(label)
+            self.typical_s[label] = exec_s if prev is None else prev + 0.2 * (exec_s - prev)
         handle.tasks_done += 1
+        handle.task_id = None
         if task is not None and task.state is TaskState.FAILED:
             log.info("task %s: failed (%s)", task.task_id, (task.error or {}).get("type"))
+        if msg.get("next") is not None:
+            self._start_reserved(handle, msg["next"], now, wall)
+        elif not handle.reserved:
+            self._worker_free(handle)
+
+    def _start_reserved(self, handle, task_id: Any, now: float, wall: float) -> None:
+        """The worker started the prefetched task at the head of its reservations."""
+        if not handle.reserved or handle.reserved[0] != task_id:
+            log.error("worker %d started %r, which it was not given next; killing it", handle.pid, task_id)
+            self._kill_worker(handle, "protocol error", FailureReason.WORKER_LOST, now, wall)
+            return
+        handle.reserved.popleft()
+        why = handle.skips.pop(task_id, None)
+        task = self.store.get(task_id)
+        if task is None or task.state is not TaskState.QUEUED:
+            # Cancelled while the run was in flight: it must not go on running.
+            handle.state, handle.task_id = "busy", None
+            self._kill_worker(handle, f"cancel of task {task_id}", FailureReason.WORKER_LOST, now, wall)
+            return
+        if why is not None:
+            log.debug("task %s: started before the worker saw the skip (%s)", task_id, why)
+        self.scheduler.start_reserved(task, now, wall)
+        handle.state, handle.task_id = "busy", task_id
+
+    def _on_skipped(self, handle, task_id: Any, now: float, wall: float) -> None:
+        if task_id not in handle.reserved:
+            return
+        handle.reserved.remove(task_id)
+        handle.skips.pop(task_id, None)
+        task = self.store.get(task_id)
+        if task is not None:
+            self.scheduler.unreserve(task)  # no-op when it was cancelled
+        if handle.task_id is None and not handle.reserved:
+            self._worker_free(handle)
+
+    def _worker_free(self, handle) -> None:
+        """Nothing running, nothing reserved: recycle the worker, or make it idle."""
         limit = self.config.max_tasks_per_worker
         if (limit and handle.tasks_done >= limit) or self.pool.surplus(handle):
             handle.state = "exiting"  # recycled or shrunk: a clean exit, told apart from a crash by this state
@@ -268,9 +339,28 @@ class Supervisor:
             return False
 
     def _lose_worker_task(self, handle, why: str, now: float, wall: float) -> None:
+        """The worker is gone or going: its running task failed, its reservations go back."""
         if handle.state == "busy" and handle.task_id is not None:
             self.scheduler.lose(handle.task_id, FailureReason.WORKER_LOST, {"type": "WorkerLost", "message": f"worker {handle.pid} {why} while running the task", "traceback": None}, now, wall)
         handle.task_id = None
+        self._release_reserved(handle)
+
+    def _release_reserved(self, handle) -> None:
+        for task_id in handle.reserved:
+            task = self.store.get(task_id)
+            if task is not None:
+                self.scheduler.unreserve(task)
+        handle.reserved.clear()
+        handle.skips.clear()
+
+    def _kill_worker(self, handle, why: str, reason: FailureReason, now: float, wall: float, error: dict | None = None) -> None:
+        """Kill the worker's tree; its running task fails with `reason`, reservations go back."""
+        task_id = handle.task_id if handle.state == "busy" else None
+        self.pool.kill(handle, why)
+        if task_id is not None:
+            self.scheduler.lose(task_id, reason, error or {"type": "WorkerLost", "message": f"worker {handle.pid} killed ({why})", "traceback": None}, now, wall)
+        handle.task_id = None
+        self._release_reserved(handle)
 
     def reap_children(self, now: float, wall: float) -> None:
         self._child_exited = False
@@ -290,13 +380,11 @@ class Supervisor:
         for task in self.scheduler.expired(now):
             handle = self.pool.by_pid.get(task.worker_pid)
             late_ms = (now - task.deadline) * 1000 if task.deadline is not None else 0.0
-            if handle is not None:
-                self.pool.kill(handle, f"timeout of task {task.task_id}")
-            self.scheduler.lose(
-                task.task_id, FailureReason.TIMEOUT,
-                {"type": "Timeout", "message": f"task exceeded its {task.timeout_s:g}s timeout; its worker's process tree was killed", "traceback": None},
-                now, wall,
-            )
+            error = {"type": "Timeout", "message": f"task exceeded its {task.timeout_s:g}s timeout; its worker's process tree was killed", "traceback": None}
+            if handle is not None and handle.task_id == task.task_id:
+                self._kill_worker(handle, f"timeout of task {task.task_id}", FailureReason.TIMEOUT, now, wall, error)
+            else:
+                self.scheduler.lose(task.task_id, FailureReason.TIMEOUT, error, now, wall)
             log.info("task %s: timed out after %gs (killed %.1f ms past the deadline)", task.task_id, task.timeout_s, late_ms)
 
     def dispatch(self, now: float, wall: float) -> None:
@@ -323,8 +411,62 @@ class Supervisor:
             try:
                 self.workers_sock.send_multipart([handle.ident, data], NOBLOCK)
             except zmq.ZMQError as exc:  # the worker vanished between hello and now
-                self._lose_worker_task(handle, f"could not be reached ({exc})", now, wall)
-                self.pool.kill(handle, "unreachable")
+                self._kill_worker(handle, f"unreachable ({exc})", FailureReason.WORKER_LOST, now, wall)
+        if self.config.prefetch and sched.has_ready():
+            self.preempt_reservations()
+            self.prefetch(now, wall)
+
+    def preempt_reservations(self) -> None:
+        """Strict priority: a queued task that outranks a prefetched one takes its
+        place. The worker is asked to drop the prefetched task; if it already
+        started it, it simply runs (it was next anyway)."""
+        top = self.scheduler.top_priority()
+        if top is None:
+            return
+        for handle in self.pool.by_pid.values():
+            for task_id in handle.reserved:
+                task = self.store.get(task_id)
+                if task is not None and task.priority < top and task_id not in handle.skips:
+                    handle.skips[task_id] = "preempted"
+                    self._send_worker(handle, {"t": wm.SKIP, "id": task_id})
+
+    def prefetch(self, now: float, wall: float) -> None:
+        """Give a busy worker its next task now, so it starts the moment the
+        current one ends instead of waiting a round trip for us.
+
+        Only behind a task whose function usually takes under PREFETCH_BEHIND_S
+        and has not run longer than that (a prefetched task cannot be taken back
+        from a worker stuck in user code); only tasks of types without a
+        concurrency limit; at most one per worker. Higher-priority arrivals
+        displace prefetched tasks (preempt_reservations)."""
+        sched = self.scheduler
+        limit = self.config.max_tasks_per_worker
+        for handle in self.pool.by_pid.values():
+            if handle.state != "busy" or handle.task_id is None or handle.reserved or handle.skips or self.pool.surplus(handle):
+                continue
+            if limit and handle.tasks_done + 2 > limit:
+                continue
+            current = self.store.get(handle.task_id)
+            typical = self.typical_s.get(current.function or current.command[0]) if current is not None else None
+            if typical is None or typical > PREFETCH_BEHIND_S or now - current.deadline + current.timeout_s > PREFETCH_BEHIND_S:
+                continue  # not known to be short, or already running long
+            task = sched.next_ready()
+            if task is None:
+                return
+            if task.task_type in sched.type_limits:
+                sched.requeue(task)
+                return
+            attempt = sched.reserve(task, handle.pid)
+            try:
+                msg = self._run_message(task, attempt)
+                msg["p"] = True
+                self.workers_sock.send_multipart([handle.ident, encode(msg)], NOBLOCK)
+            except (TypeError, ValueError, KeyError, zmq.ZMQError):
+                sched.unreserve(task)  # dispatch proper will deal with it (or its worker)
+                return
+            handle.reserved.append(task.task_id)
+            if not sched.has_ready():
+                return
 
     def _run_message(self, task: Task, attempt: int) -> dict[str, Any]:
         msg: dict[str, Any] = {"t": wm.RUN, "id": task.task_id, "a": attempt}
@@ -420,12 +562,19 @@ class Supervisor:
     # -- cancel, drain ----------------------------------------------------------
     def cancel_task(self, task: Task) -> bool:
         now, wall = time.monotonic(), time.time()
+        if task.state is TaskState.QUEUED and task.worker_pid is not None:
+            # Prefetched: ask its worker to drop it; if it started meanwhile, it is killed.
+            handle = self.pool.by_pid.get(task.worker_pid)
+            if handle is not None and task.task_id in handle.reserved:
+                handle.skips[task.task_id] = "cancel"
+                self._send_worker(handle, {"t": wm.SKIP, "id": task.task_id})
         if task.state is not TaskState.RUNNING:
             return self.scheduler.cancel(task, now, wall)
         handle = self.pool.by_pid.get(task.worker_pid)
         if handle is not None and handle.task_id == task.task_id:
             self.pool.kill(handle, f"cancel of task {task.task_id}")
             handle.task_id = None
+            self._release_reserved(handle)
         self.scheduler.cancel_running(task, now, wall)
         return True
 
@@ -436,19 +585,26 @@ class Supervisor:
             return
         if not self.draining:
             self.notify.stopping(f"draining: {why}")
+            for handle in self.pool.by_pid.values():  # prefetched tasks go back to the queue
+                for task_id in handle.reserved:
+                    if task_id not in handle.skips:
+                        handle.skips[task_id] = "drain"
+                        self._send_worker(handle, {"t": wm.SKIP, "id": task_id})
         self.draining = True
         self.drain_deadline = deadline
         log.info("draining (%s): no new tasks; %d running get %gs to finish", why, len(self.scheduler.running), grace)
 
     def finish_drain(self, now: float, wall: float) -> bool:
         """True when the loop may stop: nothing runs, or the grace period is over."""
-        if self.scheduler.running and now < self.drain_deadline:
+        reserved = any(h.reserved for h in self.pool.by_pid.values())
+        if (self.scheduler.running or reserved) and now < self.drain_deadline:
             return False
-        for task in list(self.scheduler.running.values()):
-            handle = self.pool.by_pid.get(task.worker_pid)
-            if handle is not None:
-                self.pool.kill(handle, "shutdown")
-            self.scheduler.lose(task.task_id, FailureReason.WORKER_LOST, {"type": "Interrupted", "message": "pipelined stopped while the task ran", "traceback": None}, now, wall)
+        interrupted = {"type": "Interrupted", "message": "pipelined stopped while the task ran", "traceback": None}
+        for handle in list(self.pool.by_pid.values()):
+            if handle.state == "busy" or handle.reserved:
+                self._kill_worker(handle, "shutdown", FailureReason.WORKER_LOST, now, wall, interrupted)
+        for task in list(self.scheduler.running.values()):  # a worker already gone
+            self.scheduler.lose(task.task_id, FailureReason.WORKER_LOST, interrupted, now, wall)
         self.answer_waiters(now)
         self.store.flush()
         self.send_replies()

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import deque
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,6 +32,7 @@ import zmq
 
 from pipeline_protocol import decode, encode
 from pipeline_protocol.codec import MAX_PAYLOAD_BYTES
+from pipeline_protocol.tasks import too_deep
 from pipeline_protocol import worker_messages as wm
 
 from . import titles
@@ -39,6 +41,7 @@ PR_SET_PDEATHSIG = 1
 # Set in the environment of everything a task starts: when a descendant escapes
 # the worker's tree (double fork), the supervisor still knows whose it is.
 TASK_TAG = "PIPELINED_TASK_ID"
+MAX_RESULT_DEPTH = 200
 TAIL_BYTES = 64 * 1024  # how much of a command's stdout/stderr a result keeps
 
 
@@ -86,6 +89,40 @@ def _max_fd() -> int:
         return 65536
 
 
+class _Inbox:
+    """Run messages received but not started, in order, and the skips for them.
+
+    The supervisor may send a run while the previous task still runs (prefetch,
+    flagged "p"): the worker then tells it when that task really starts, in the
+    next done message ("next") or, if none was due, in a start message.
+    """
+
+    def __init__(self, sock: zmq.Socket):
+        self.sock = sock
+        self.runs: deque[dict] = deque()
+        self.exit: dict | None = None
+
+    def take(self, msg: dict) -> None:
+        kind = msg.get("t")
+        if kind == wm.RUN:
+            self.runs.append(msg)
+        elif kind == wm.SKIP:
+            for run in list(self.runs):
+                if run["id"] == msg["id"]:
+                    self.runs.remove(run)
+                    self.sock.send(encode({"t": wm.SKIPPED, "id": run["id"], "a": run["a"]}))
+        elif kind == wm.EXIT:
+            self.exit = msg
+
+    def gather(self) -> None:
+        """Take whatever already arrived, without waiting."""
+        while self.sock.poll(0):
+            self.take(decode(self.sock.recv()))
+
+    def wait(self) -> None:
+        self.take(decode(self.sock.recv()))
+
+
 def _serve(slot: int, endpoint: str) -> None:
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.DEALER)
@@ -93,18 +130,30 @@ def _serve(slot: int, endpoint: str) -> None:
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(endpoint)
     sock.send(encode({"t": wm.HELLO, "pid": os.getpid(), "slot": slot}))
+    inbox = _Inbox(sock)
+    announced = False  # the supervisor already knows the head of inbox.runs started
     while True:
-        msg = decode(sock.recv())
-        kind = msg.get("t")
-        if kind == wm.RUN:
-            titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
-            sock.send(_execute(msg))
+        if not inbox.runs:
+            if inbox.exit is not None:
+                break
+            inbox.wait()
+            continue
+        msg = inbox.runs.popleft()
+        if msg.get("p") and not announced:
+            sock.send(encode({"t": wm.START, "id": msg["id"], "a": msg["a"]}))
+        titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
+        reply = _execute(msg)
+        inbox.gather()
+        nxt = inbox.runs[0] if inbox.runs else None
+        announced = nxt is not None and bool(nxt.get("p"))
+        if announced:
+            reply["next"] = nxt["id"]  # it starts right after this message leaves
+        sock.send(_encode_done(reply))
+        if nxt is None:
             titles.set_title(f"pipelined: worker {slot} idle")
-        elif kind == wm.EXIT:
-            sock.send(encode({"t": wm.BYE, "pid": os.getpid(), "reason": msg.get("reason", "exit")}))
-            sock.close(linger=2000)
-            ctx.term()
-            return
+    sock.send(encode({"t": wm.BYE, "pid": os.getpid(), "reason": inbox.exit.get("reason", "exit")}))
+    sock.close(linger=2000)
+    ctx.term()
 
 
 def _label(msg: dict) -> str:
@@ -114,7 +163,7 @@ def _label(msg: dict) -> str:
 
 
 # -- running one task -----------------------------------------------------
-def _execute(msg: dict) -> bytes:
+def _execute(msg: dict) -> dict:
     os.environ[TASK_TAG] = msg["id"]
     started = time.perf_counter()
     result: Any = None
@@ -128,11 +177,15 @@ def _execute(msg: dict) -> bytes:
         error = describe_exception(exc)
     exec_s = time.perf_counter() - started
     os.environ.pop(TASK_TAG, None)
-    return _done(msg, result, error, exec_s)
+    return {"t": wm.DONE, "id": msg["id"], "a": msg["a"], "ok": error is None, "result": result, "error": error, "exec_s": exec_s}
 
 
-def _done(msg: dict, result: Any, error: dict | None, exec_s: float) -> bytes:
-    reply = {"t": wm.DONE, "id": msg["id"], "a": msg["a"], "ok": error is None, "result": result, "error": error, "exec_s": exec_s}
+def _encode_done(reply: dict) -> bytes:
+    result = reply["result"]
+    if isinstance(result, (list, dict)) and too_deep(result, MAX_RESULT_DEPTH):
+        # Replies wrap a result in a few more levels; past this the codec could not carry them.
+        reply["ok"], reply["result"] = False, None
+        reply["error"] = {"type": "ResultTooDeep", "message": f"the task's result nests deeper than {MAX_RESULT_DEPTH} levels", "traceback": None}
     try:
         data = encode(reply)
     except (TypeError, ValueError, OverflowError) as exc:

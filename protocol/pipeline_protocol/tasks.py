@@ -61,7 +61,7 @@ def _number(spec: dict, field: str, tid: Any, lo: float, hi: float) -> float | N
     return float(value)
 
 
-def _too_deep(obj: Any, limit: int) -> bool:
+def too_deep(obj: Any, limit: int) -> bool:
     """Iterative depth check: True when lists/maps nest deeper than `limit`."""
     stack = [(obj, 1)]
     while stack:
@@ -116,7 +116,7 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         kwargs = {}
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise _bad("kwargs", "must be a map with string keys", tid)
-    if _too_deep(args, MAX_ARG_DEPTH) or _too_deep(kwargs, MAX_ARG_DEPTH):
+    if too_deep(args, MAX_ARG_DEPTH) or too_deep(kwargs, MAX_ARG_DEPTH):
         raise _bad("args", f"nest deeper than {MAX_ARG_DEPTH} levels", tid)
     if command is not None and (args or kwargs):
         raise _bad("args", "and kwargs apply to function tasks only", tid)
