@@ -37,7 +37,7 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
 
 
 class Daemon:
-    def __init__(self, base: Path, workers: int = 2, args: tuple[str, ...] = (), env: dict | None = None, config: str | None = None):
+    def __init__(self, base: Path, workers: int | None = 2, args: tuple[str, ...] = (), env: dict | None = None, config: str | None = None):
         self.base = base
         self.runtime_dir = base / "run"
         self.state_dir = base / "state"
@@ -49,6 +49,7 @@ class Daemon:
         self.env.pop("PIPELINED_SOCKET", None)
         self.config_path = None
         if config is not None:
+            base.mkdir(parents=True, exist_ok=True)  # make_daemon creates the dir only after this
             self.config_path = base / "pipelined.toml"
             self.config_path.write_text(config)
         self.proc: subprocess.Popen | None = None
@@ -56,7 +57,9 @@ class Daemon:
         self.descendants: dict[int, psutil.Process] = {}
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "pipelined", "--runtime-dir", str(self.runtime_dir), "--state-dir", str(self.state_dir), "--workers", str(self.workers)]
+        cmd = [sys.executable, "-m", "pipelined", "--runtime-dir", str(self.runtime_dir), "--state-dir", str(self.state_dir)]
+        if self.workers is not None:  # None: no --workers flag (the config file decides, and SIGHUP can change it)
+            cmd += ["--workers", str(self.workers)]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
         return cmd + self.args
@@ -77,7 +80,7 @@ class Daemon:
             try:
                 with Client(self.socket, timeout=1.0) as c:
                     c.ping()
-                    return len([w for w in c.workers() if w["state"] == "idle"]) >= self.workers
+                    return len([w for w in c.workers() if w["state"] == "idle"]) >= (self.workers or 1)
             except PipelineError:
                 return False
 
@@ -141,7 +144,7 @@ class Daemon:
 def make_daemon(tmp_path):
     started: list[Daemon] = []
 
-    def make(workers: int = 2, args: tuple[str, ...] = (), env: dict | None = None, config: str | None = None, start: bool = True) -> Daemon:
+    def make(workers: int | None = 2, args: tuple[str, ...] = (), env: dict | None = None, config: str | None = None, start: bool = True) -> Daemon:
         d = Daemon(tmp_path / f"d{len(started)}", workers, args, env, config)
         d.base.mkdir(parents=True, exist_ok=True)
         started.append(d)

@@ -204,3 +204,27 @@ def gated_step(log_path, tag, gate, value=0, timeout=60.0):
     """Block until the file `gate` exists (the test releases it), then durable_step(log_path, tag, value)."""
     wait_for_file(gate, timeout)
     return durable_step(log_path, tag, value)
+
+
+def hold_then(mode_path, go_path, how="return"):
+    """Fast unless `mode_path` exists; then wait for `go_path` and end as `how` (return | exit).
+
+    Lets a test make the daemon learn that the function is short (so it prefetches the
+    next task behind it), then hold a worker busy with it and decide how it ends.
+    """
+    if not os.path.exists(mode_path):
+        return "fast"
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{go_path} never appeared")
+        time.sleep(0.002)
+    if how == "exit":
+        os._exit(3)
+    return "held"
+
+
+def reset_usr1():
+    """Put SIGUSR1 back to its default action (terminate), as some libraries do."""
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    return True

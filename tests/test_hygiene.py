@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 
 import psutil
 import pytest
@@ -14,7 +15,8 @@ from .conftest import wait_for
 from .helpers import wait_idle_pool, wait_status
 
 STORM_TASKS = 1000
-SLEEP_MARK = "312.5"  # a sleep argument nobody else uses, to find strays in ps
+# A sleep argument nobody else uses (other test runs may share the machine), to find strays in ps.
+SLEEP_MARK = f"300.{uuid.uuid4().int % 10**9:09d}"
 
 
 def fd_count(pid: int) -> int:

@@ -693,3 +693,65 @@ def test_records_carry_times_and_worker():
     assert rec["end_time"] - rec["start_time"] == pytest.approx(2.0)
     assert rec["worker_pid"] == sim.pid
     assert (rec["priority"], rec["task_type"], rec["workflow"]) == (10, "k", "w")
+
+
+# -- reservations (prefetch) ---------------------------------------------------------------
+def test_reserved_task_stays_queued_and_is_not_handed_out_twice():
+    sim = Sim()
+    sim.submit(spec("a"), spec("b"), spec("c"))
+    a = sim.s.next_ready()
+    attempt = sim.s.reserve(a, 555)
+    assert attempt == 1
+    assert sim.state("a") is TaskState.QUEUED
+    assert sim.task("a").reserved_by == 555
+    assert sim.s.top_priority() == 0
+    assert sim.pop_all() == ["b", "c"]
+    assert sim.s.next_ready() is None
+
+
+def test_unreserved_task_goes_back_in_its_place_with_no_attempt_spent():
+    sim = Sim()
+    sim.submit(spec("a"), spec("b"), spec("c", priority="low"))
+    a = sim.s.next_ready()
+    sim.s.reserve(a, 555)
+    sim.s.unreserve(a)
+    assert sim.task("a").attempt == 0
+    assert sim.task("a").reserved_by is None
+    assert sim.pop_all() == ["a", "b", "c"]  # FIFO position kept
+    assert sim.task("a").attempt == 1
+
+
+def test_start_reserved_counts_the_deadline_from_the_real_start():
+    sim = Sim()
+    sim.submit(spec("a", timeout=5.0))
+    a = sim.s.next_ready()
+    attempt = sim.s.reserve(a, 555)
+    sim.now += 3.0  # it waited behind another task
+    assert sim.s.start_reserved(a, sim.now, sim.wall) == attempt
+    assert sim.state("a") is TaskState.RUNNING
+    assert sim.s.next_wakeup() == pytest.approx(sim.now + 5.0)
+    assert sim.s.expired(sim.now + 4.9) == []
+    assert sim.s.finish("a", attempt, 1, None, 0.1, sim.now, sim.wall) is not None
+    assert sim.state("a") is TaskState.COMPLETED
+
+
+def test_cancelled_reservation_is_not_requeued():
+    sim = Sim()
+    sim.submit(spec("a"), spec("b"))
+    a = sim.s.next_ready()
+    sim.s.reserve(a, 555)
+    assert sim.s.cancel(a, sim.now, sim.wall)
+    sim.s.unreserve(a)  # the worker's skip answer arrives afterwards
+    assert sim.state("a") is TaskState.CANCELLED
+    assert sim.pop_all() == ["b"]
+
+
+def test_top_priority_ignores_reserved_and_ended_tasks():
+    sim = Sim()
+    sim.submit(spec("h", priority="high"), spec("m"), spec("l", priority="low"))
+    h = sim.s.next_ready()
+    sim.s.reserve(h, 555)
+    sim.s.requeue(h)  # even if it is pushed back by mistake, a reserved task is not "ready"
+    assert sim.s.top_priority() == 0
+    sim.s.cancel(sim.task("m"), sim.now, sim.wall)
+    assert sim.s.top_priority() == -10

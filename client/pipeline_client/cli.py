@@ -229,7 +229,8 @@ def fail(message: str, code: int) -> int:
 
 def unreachable_message(exc: DaemonUnreachable) -> str:
     text = str(exc)
-    if "pipelined --runtime-dir" not in text:
+    # Only a missing or silent daemon calls for starting one; a permission problem does not.
+    if "pipelined --runtime-dir" not in text and "permission denied" not in text:
         text += f"; {START_HINT}"
     return text
 

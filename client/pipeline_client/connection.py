@@ -31,6 +31,32 @@ def _owner(st: os.stat_result) -> str:
     return f"owner {user}, group {group}, mode {stat.S_IMODE(st.st_mode):04o}"
 
 
+def _who(st: os.stat_result | None) -> str:
+    """Who we are, and what would let us in."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    if st is None:
+        return f"you are {user}"
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"you are {user}, not in group {group}: ask to be added to it (or for the daemon's socket_group)"
+
+
+def _first_closed_dir(path: str) -> str:
+    """The outermost directory on the way to `path` that we may not search."""
+    parent = os.path.dirname(os.path.abspath(path))
+    parts = parent.split(os.sep)
+    for i in range(2, len(parts) + 1):
+        d = os.sep.join(parts[:i]) or os.sep
+        if not os.access(d, os.X_OK):
+            return d
+    return parent
+
+
 def probe(path: str) -> None:
     """Raise DaemonUnreachable unless something accepts connections at `path`.
 
@@ -42,12 +68,13 @@ def probe(path: str) -> None:
     except FileNotFoundError:
         raise DaemonUnreachable(path, f"no socket there (is pipelined running? {START_HINT})") from None
     except PermissionError:
-        parent = os.path.dirname(path)
+        blocked = _first_closed_dir(path)
         try:
-            detail = _owner(os.stat(parent))
+            dst: os.stat_result | None = os.stat(blocked)
+            detail = _owner(dst)
         except OSError:
-            detail = "unreadable"
-        raise DaemonUnreachable(path, f"permission denied on its directory {parent} ({detail})") from None
+            dst, detail = None, "cannot be inspected"
+        raise DaemonUnreachable(path, f"permission denied: cannot enter directory {blocked} ({detail}); {_who(dst)}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise DaemonUnreachable(path, "that path is not a socket")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -55,7 +82,7 @@ def probe(path: str) -> None:
         sock.settimeout(2.0)
         sock.connect(path)
     except PermissionError:
-        raise DaemonUnreachable(path, f"permission denied ({_owner(st)}); ask for the socket's group") from None
+        raise DaemonUnreachable(path, f"permission denied on the socket ({_owner(st)}); {_who(st)}") from None
     except (ConnectionRefusedError, FileNotFoundError):
         raise DaemonUnreachable(path, f"a socket is there but no daemon is listening (stale socket?); {START_HINT}") from None
     except OSError as exc:

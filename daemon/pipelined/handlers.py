@@ -95,8 +95,15 @@ def _check_payload_sizes(specs: list) -> None:
             )
 
 
+def record_of(sup: Supervisor, task) -> dict:
+    rec = task.record()
+    if sup.gate_hold is not None and task.state is TaskState.QUEUED and "held_by" not in rec:
+        rec["held_by"] = sup.gate_hold
+    return rec
+
+
 def op_get(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
-    return {"task": _task(sup, req.get("task_id")).record()}
+    return {"task": record_of(sup, _task(sup, req.get("task_id")))}
 
 
 def op_list(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
@@ -111,7 +118,7 @@ def op_list(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
     out = []
     for task in tasks:
         if state is None or task.state.value == state:
-            out.append(task.record())
+            out.append(record_of(sup, task))
             if len(out) >= limit:
                 break
     return {"tasks": out}

@@ -41,8 +41,13 @@ class StartupError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other startup error (argparse adds the whole usage)
+        self.exit(EXIT_CONFIG, f"{self.prog}: usage error: {message} (see {self.prog} --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="pipelined", description="The pipelined supervisor daemon (runs in the foreground).")
+    p = _Parser(prog="pipelined", description="The pipelined supervisor daemon (runs in the foreground).")
     p.add_argument("--runtime-dir", help="directory for the control socket (default: $PIPELINED_RUNTIME_DIR, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/pipelined, /run/pipelined)")
     p.add_argument("--state-dir", help="directory for the journal (default: $PIPELINED_STATE_DIR, $STATE_DIRECTORY, $XDG_STATE_HOME/pipelined, /var/lib/pipelined)")
     p.add_argument("--config", help=f"TOML configuration file (default: {DEFAULT_CONFIG_FILE} if present)")
@@ -72,21 +77,28 @@ def prepare_runtime_dir(path: str, gid: int | None = None) -> tuple[str, int]:
     """
     try:
         os.makedirs(path, mode=0o750, exist_ok=True)
-        os.chmod(path, 0o750)  # makedirs' mode is narrowed by the umask; the group needs x to reach the socket
-        if gid is not None:
-            os.chown(path, -1, gid)  # the socket's group must be able to traverse its directory
     except OSError as exc:
-        raise StartupError(f"cannot prepare runtime dir {path}: {exc.strerror}") from None
+        raise StartupError(f"cannot create runtime dir {path}: {exc.strerror}") from None
     sock_path = socket_path_in(path)
     if len(sock_path.encode()) > 107:
         raise StartupError(f"socket path {sock_path} is longer than the 107 bytes a Unix socket allows; use a shorter --runtime-dir")
-    lock_fd = take_lock(path, sock_path)
+    lock_fd = take_lock(path, sock_path)  # first: a live daemon's directory is left exactly as it is
     try:
+        _set_dir_access(path, gid)
         clear_stale_socket(sock_path)
     except StartupError:
         os.close(lock_fd)
         raise
     return sock_path, lock_fd
+
+
+def _set_dir_access(path: str, gid: int | None) -> None:
+    try:
+        os.chmod(path, 0o750)  # makedirs' mode is narrowed by the umask; the group needs x to reach the socket
+        if gid is not None:
+            os.chown(path, -1, gid)  # the socket's group must be able to traverse its directory
+    except OSError as exc:
+        raise StartupError(f"cannot set the mode or group of runtime dir {path}: {exc.strerror}") from None
 
 
 def take_lock(runtime_dir: str, sock_path: str) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import uuid
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -71,7 +71,7 @@ class Scheduler:
         batch_ids: dict[str, dict] = {}
         for spec in normalized:
             if spec["task_id"] is None:
-                spec["task_id"] = uuid.uuid4().hex[:16]
+                spec["task_id"] = os.urandom(8).hex()
             tid = spec["task_id"]
             if tid in batch_ids or tid in self.store:
                 raise ProtocolError(ErrorCode.DUPLICATE_TASK, f"task id {tid!r} is already taken", {"task_id": tid})
@@ -101,6 +101,8 @@ class Scheduler:
             self.store.add(task)
             self.counts[TaskState.PENDING] += 1
             tasks.append(task)
+            if self.on_change is not None:
+                self.on_change(task)
         for task in tasks:
             self._link(task, now, wall)
         return [t.task_id for t in tasks]
@@ -211,7 +213,7 @@ class Scheduler:
 
     def top_priority(self) -> int | None:
         """Priority of the best queued task (stale heap entries dropped first)."""
-        while self._ready and self._ready[0][2].state is not TaskState.QUEUED:
+        while self._ready and (self._ready[0][2].state is not TaskState.QUEUED or self._ready[0][2].reserved_by is not None):
             heapq.heappop(self._ready)
         return -self._ready[0][0] if self._ready else None
 
@@ -220,8 +222,8 @@ class Scheduler:
         while self._ready:
             entry = heapq.heappop(self._ready)
             task = entry[2]
-            if task.state is not TaskState.QUEUED:
-                continue  # cancelled or ended while queued
+            if task.state is not TaskState.QUEUED or task.reserved_by is not None:
+                continue  # cancelled or ended while queued, or a stale entry of a reserved task
             limit = self.type_limits.get(task.task_type)
             if limit is not None and self.running_by_type.get(task.task_type, 0) >= limit:
                 task.hold = f"task_type {task.task_type} at its limit of {limit}"
@@ -239,14 +241,14 @@ class Scheduler:
         """Hand a queued task to a busy worker to start after its current one
         (prefetch). It stays `queued` until start_reserved; returns the attempt."""
         task.attempt += 1
-        task.worker_pid = worker_pid
+        task.worker_pid = task.reserved_by = worker_pid
         return task.attempt
 
     def unreserve(self, task: Task) -> None:
         """A prefetched task that never started goes back to the queue, no attempt spent."""
-        if task.state is TaskState.QUEUED and task.worker_pid is not None:
+        if task.state is TaskState.QUEUED and task.reserved_by is not None:
             task.attempt -= 1
-            task.worker_pid = None
+            task.reserved_by = None
             self.requeue(task)
 
     def start(self, task: Task, worker_pid: int, now: float, wall: float) -> int:
@@ -257,6 +259,7 @@ class Scheduler:
 
     def start_reserved(self, task: Task, now: float, wall: float) -> int:
         """The worker holding `task` (reserve) started it: its deadline counts from now."""
+        task.reserved_by = None
         task.start_time = wall
         task.end_time = None
         task.deadline = now + task.timeout_s

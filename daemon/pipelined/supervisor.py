@@ -27,7 +27,6 @@ import signal
 import time
 from typing import Any
 
-import psutil
 import zmq
 
 from pipeline_protocol import ErrorCode, FailureReason, TaskState, decode, encode, error, ok
@@ -38,6 +37,8 @@ from pipeline_protocol.paths import socket_path_in
 from . import control, titles
 from .control import EVENTS, NOBLOCK, POLLIN
 from .config import Config
+from .events import EVENTS_SOCKET, EventBus
+from .gates import WATCH_S, ResourceGate, tree_rss_mb
 from .handlers import result_reply, wait_reply
 from .policy import Policy
 from .pool import WorkerPool, become_subreaper, describe_exit
@@ -94,6 +95,10 @@ class Supervisor:
         self.notify = Notifier()
         self.ready_sent = False
         self.typical_s: dict[str, float] = {}  # function/command -> moving average of its run time
+        self.gate = ResourceGate(config.max_cpu_percent, config.max_memory_percent, config.min_free_memory_mb, config.enable_resource_scheduling)
+        self.gate_hold: str | None = None  # why dispatch is waiting on the resource gate, if it is
+        self.next_memory_check: float | None = None  # set while a running task has memory_limit_mb
+        self.withdraw_at: float | None = None  # when a prefetched task may be taken back for an idle worker
         self.next_prune = time.monotonic()
         self.config_path: str | None = None  # re-read on SIGHUP
         self.reload_config: Any = None  # callable returning a new Config (main.py sets it)
@@ -116,8 +121,11 @@ class Supervisor:
             self.workers_sock.bind("ipc://" + self.worker_socket_path)
         finally:
             os.umask(old)
+        self.events = EventBus(self.ctx, os.path.join(self.runtime_dir, EVENTS_SOCKET))
+        self.scheduler.on_change = self.events.task_changed
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.events.sock, zmq.POLLIN)
         self.poller.register(self.workers_sock, zmq.POLLIN)
         self.poller.register(self._wakeup_r, zmq.POLLIN)
         self.restore()
@@ -141,6 +149,7 @@ class Supervisor:
         self.pool.stop_all(grace_s=5.0)
         self.store.close()
         self.control.close(linger=0)
+        self.events.close()
         self.workers_sock.close(linger=0)
         self.ctx.term()
         for path in (self.socket_path, self.worker_socket_path):
@@ -190,9 +199,13 @@ class Supervisor:
             self.handle_worker_messages(now, wall)
         if self.control in ready:
             control.serve_pending(self, self.control, self.outbox)
+        if self.events.sock in ready:
+            self.events.handle_subscriptions()
         if self._child_exited:
             self.reap_children(now, wall)
         self.enforce_deadlines(now, wall)
+        if self.next_memory_check is not None and now >= self.next_memory_check:
+            self.watch_memory(now, wall)
         self.scheduler.promote_due(now)
         self.answer_waiters(now)
         if self.outbox:
@@ -222,7 +235,10 @@ class Supervisor:
 
     def _poll_timeout_ms(self) -> int | None:
         commit_at = None if self.dirty_since is None else self.dirty_since + COMMIT_DELAY_S
-        due = [t for t in (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline, self.next_prune, commit_at, self.notify.next_watchdog) if t is not None]
+        gate_at = self.gate.next_check() if self.gate_hold else None
+        timers = (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline, self.next_prune,
+                  commit_at, self.notify.next_watchdog, gate_at, self.next_memory_check, self.withdraw_at)
+        due = [t for t in timers if t is not None]
         if not due:
             return None
         # Round up: waking a hair early would only spin until the deadline.
@@ -243,9 +259,17 @@ class Supervisor:
                 self.reload()
 
     def handle_worker_messages(self, now: float, wall: float) -> None:
-        sock = self.workers_sock
-        while sock.getsockopt(EVENTS) & POLLIN:
-            frames = sock.recv_multipart(NOBLOCK)
+        recv = self.workers_sock.recv
+        while True:
+            # Two plain recvs and one zmq.Again at the end: cheaper than recv_multipart
+            # and an EVENTS check per message (both allocate enums in pyzmq).
+            try:
+                ident = recv(NOBLOCK)
+            except zmq.Again:
+                return
+            frames = [ident]
+            while self.workers_sock.rcvmore:
+                frames.append(recv(NOBLOCK))
             handle = self.pool.by_ident.get(frames[0])
             if handle is None or len(frames) != 2:
                 continue  # a worker already reaped, or not one of ours
@@ -267,6 +291,7 @@ class Supervisor:
                 self._on_skipped(handle, msg.get("id"), now, wall)
             elif kind == wm.HELLO and handle.state == "starting":
                 self.pool.ready(handle)
+                self.events.worker(handle.pid, handle.slot, "started")
                 if not self.ready_sent and len(self.pool.idle) >= self.pool.size:
                     self.ready_sent = True
                     self.notify.ready(self.status_line())
@@ -300,15 +325,17 @@ class Supervisor:
         handle.reserved.popleft()
         why = handle.skips.pop(task_id, None)
         task = self.store.get(task_id)
-        if task is None or task.state is not TaskState.QUEUED:
+        if task is None or task.state is not TaskState.QUEUED or task.reserved_by != handle.pid:
             # Cancelled while the run was in flight: it must not go on running.
             handle.state, handle.task_id = "busy", None
-            self._kill_worker(handle, f"cancel of task {task_id}", FailureReason.WORKER_LOST, now, wall)
+            self._kill_worker(handle, f"stale start of task {task_id}", FailureReason.WORKER_LOST, now, wall)
             return
         if why is not None:
             log.debug("task %s: started before the worker saw the skip (%s)", task_id, why)
         self.scheduler.start_reserved(task, now, wall)
         handle.state, handle.task_id = "busy", task_id
+        if task.memory_limit_mb is not None and self.next_memory_check is None:
+            self.next_memory_check = now + WATCH_S
 
     def _on_skipped(self, handle, task_id: Any, now: float, wall: float) -> None:
         if task_id not in handle.reserved:
@@ -316,8 +343,8 @@ class Supervisor:
         handle.reserved.remove(task_id)
         handle.skips.pop(task_id, None)
         task = self.store.get(task_id)
-        if task is not None:
-            self.scheduler.unreserve(task)  # no-op when it was cancelled
+        if task is not None and task.reserved_by == handle.pid:
+            self.scheduler.unreserve(task)  # not when cancelled, or withdrawn already
         if handle.task_id is None and not handle.reserved:
             self._worker_free(handle)
 
@@ -368,6 +395,7 @@ class Supervisor:
         self.handle_worker_messages(now, wall)
         for handle, status in self.pool.reap():
             how = describe_exit(status)
+            self.events.worker(handle.pid, handle.slot, "exited", f"{how} ({handle.kill_reason or handle.state})")
             if handle.state == "busy":
                 log.warning("worker %d (slot %d): %s while running task %s", handle.pid, handle.slot, how, handle.task_id)
                 self._lose_worker_task(handle, how, now, wall)
@@ -390,6 +418,21 @@ class Supervisor:
     def dispatch(self, now: float, wall: float) -> None:
         if self.draining:
             return
+        sched = self.scheduler
+        self.gate_hold = self.gate.closed_because(now) if sched.has_ready() else None
+        if self.gate_hold is not None:
+            return
+        self.assign_idle_workers(now, wall)
+        if self.config.prefetch and sched.has_ready():
+            self.preempt_reservations()
+            self.prefetch(now, wall)
+        elif self.pool.idle and not sched.has_ready():
+            if self.withdraw_stuck_reservations(now):
+                self.assign_idle_workers(now, wall)
+        else:
+            self.withdraw_at = None
+
+    def assign_idle_workers(self, now: float, wall: float) -> None:
         sched, limit = self.scheduler, self.config.concurrency
         while sched.has_ready() and len(sched.running) < limit:
             handle = self.pool.take_idle()
@@ -401,6 +444,8 @@ class Supervisor:
                 return
             attempt = sched.start(task, handle.pid, now, wall)
             handle.state, handle.task_id = "busy", task.task_id
+            if task.memory_limit_mb is not None and self.next_memory_check is None:
+                self.next_memory_check = now + WATCH_S
             try:
                 data = encode(self._run_message(task, attempt))
             except (TypeError, ValueError, KeyError) as exc:
@@ -412,9 +457,56 @@ class Supervisor:
                 self.workers_sock.send_multipart([handle.ident, data], NOBLOCK)
             except zmq.ZMQError as exc:  # the worker vanished between hello and now
                 self._kill_worker(handle, f"unreachable ({exc})", FailureReason.WORKER_LOST, now, wall)
-        if self.config.prefetch and sched.has_ready():
-            self.preempt_reservations()
-            self.prefetch(now, wall)
+
+    def watch_memory(self, now: float, wall: float) -> None:
+        """Kill the tree of any running task over its memory_limit_mb."""
+        watched = False
+        for handle in list(self.pool.by_pid.values()):
+            task = self.store.get(handle.task_id) if handle.state == "busy" and handle.task_id else None
+            if task is None or task.memory_limit_mb is None:
+                continue
+            watched = True
+            rss_mb = tree_rss_mb(handle.pid)
+            if rss_mb > task.memory_limit_mb:
+                error = {"type": "MemoryLimit", "message": f"the task used {rss_mb:.0f} MB (worker and children); its memory_limit_mb is {task.memory_limit_mb:g}", "traceback": None}
+                log.info("task %s: %s", task.task_id, error["message"])
+                self._kill_worker(handle, f"memory limit of task {task.task_id}", FailureReason.MEMORY_LIMIT, now, wall, error)
+        self.next_memory_check = now + WATCH_S if watched else None
+
+    def withdraw_stuck_reservations(self, now: float) -> bool:
+        """A worker is idle while a prefetched task waits behind a task that runs
+        longer than usual: ask for the prefetched task back. The busy worker
+        answers at once (skip + SIGUSR1, see _skip): either it drops the task
+        ("skipped": it is queued again and goes to the idle worker) or it has
+        just started it. Never both, so a task never runs twice."""
+        withdrawn = False
+        self.withdraw_at = None
+        for handle in self.pool.by_pid.values():
+            current = self.store.get(handle.task_id) if handle.task_id else None
+            if current is None or not handle.reserved or current.deadline is None:
+                continue
+            overdue_at = current.deadline - current.timeout_s + PREFETCH_BEHIND_S
+            if now <= overdue_at:
+                # Not overdue yet: look again then, the idle worker may still be idle.
+                self.withdraw_at = overdue_at if self.withdraw_at is None else min(self.withdraw_at, overdue_at)
+                continue
+            for task_id in handle.reserved:
+                task = self.store.get(task_id)
+                if task is not None and task.reserved_by == handle.pid and task_id not in handle.skips:
+                    self._skip(handle, task_id, "withdrawn")
+                    withdrawn = True
+        return withdrawn
+
+    def _skip(self, handle, task_id: str, why: str) -> None:
+        """Ask a worker to drop a prefetched task. SIGUSR1 makes a busy worker
+        answer now, from between the bytecodes of the task it runs."""
+        handle.skips[task_id] = why
+        self._send_worker(handle, {"t": wm.SKIP, "id": task_id})
+        if handle.task_id is not None:
+            try:
+                os.kill(handle.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
 
     def preempt_reservations(self) -> None:
         """Strict priority: a queued task that outranks a prefetched one takes its
@@ -427,8 +519,7 @@ class Supervisor:
             for task_id in handle.reserved:
                 task = self.store.get(task_id)
                 if task is not None and task.priority < top and task_id not in handle.skips:
-                    handle.skips[task_id] = "preempted"
-                    self._send_worker(handle, {"t": wm.SKIP, "id": task_id})
+                    self._skip(handle, task_id, "preempted")
 
     def prefetch(self, now: float, wall: float) -> None:
         """Give a busy worker its next task now, so it starts the moment the
@@ -552,6 +643,7 @@ class Supervisor:
         sched.enable_dependencies = new.enable_dependency_execution
         sched.set_type_limits(new.type_limits())
         self.policy = Policy(new.allowed_functions, new.allow_commands)
+        self.gate.configure(new.max_cpu_percent, new.max_memory_percent, new.min_free_memory_mb, new.enable_resource_scheduling)
         self.pool.resize(new.max_workers)
         self.pool.fill()
         self.next_prune = time.monotonic()
@@ -562,12 +654,11 @@ class Supervisor:
     # -- cancel, drain ----------------------------------------------------------
     def cancel_task(self, task: Task) -> bool:
         now, wall = time.monotonic(), time.time()
-        if task.state is TaskState.QUEUED and task.worker_pid is not None:
+        if task.state is TaskState.QUEUED and task.reserved_by is not None:
             # Prefetched: ask its worker to drop it; if it started meanwhile, it is killed.
-            handle = self.pool.by_pid.get(task.worker_pid)
+            handle = self.pool.by_pid.get(task.reserved_by)
             if handle is not None and task.task_id in handle.reserved:
-                handle.skips[task.task_id] = "cancel"
-                self._send_worker(handle, {"t": wm.SKIP, "id": task.task_id})
+                self._skip(handle, task.task_id, "cancel")
         if task.state is not TaskState.RUNNING:
             return self.scheduler.cancel(task, now, wall)
         handle = self.pool.by_pid.get(task.worker_pid)
@@ -586,10 +677,9 @@ class Supervisor:
         if not self.draining:
             self.notify.stopping(f"draining: {why}")
             for handle in self.pool.by_pid.values():  # prefetched tasks go back to the queue
-                for task_id in handle.reserved:
+                for task_id in list(handle.reserved):
                     if task_id not in handle.skips:
-                        handle.skips[task_id] = "drain"
-                        self._send_worker(handle, {"t": wm.SKIP, "id": task_id})
+                        self._skip(handle, task_id, "drain")
         self.draining = True
         self.drain_deadline = deadline
         log.info("draining (%s): no new tasks; %d running get %gs to finish", why, len(self.scheduler.running), grace)
@@ -612,7 +702,7 @@ class Supervisor:
 
     # -- views ------------------------------------------------------------------
     def resource_status(self) -> dict[str, Any]:
-        mem = psutil.virtual_memory()
+        usage = self.gate.sample(time.monotonic())
         cfg = self.config
         return {
             "limits": {
@@ -624,8 +714,10 @@ class Supervisor:
             },
             "current": {
                 "concurrent_tasks": len(self.scheduler.running),
-                "cpu_percent": psutil.cpu_percent(interval=None),
-                "memory_percent": mem.percent,
-                "memory_available_mb": round(mem.available / 1048576, 1),
+                "cpu_percent": usage.cpu_percent,
+                "memory_percent": usage.memory_percent,
+                "memory_available_mb": round(usage.memory_available_mb, 1),
+                "last_usage_check": usage.sampled_at,
             },
+            "gate": self.gate_hold,
         }

@@ -20,7 +20,7 @@ class Task:
         # progress
         "state", "seq", "attempt", "retry_count", "unmet", "result", "error", "reason",
         "submitted_at", "start_time", "end_time", "execution_time", "worker_pid",
-        "deadline", "hold", "pending_dependents",
+        "deadline", "hold", "pending_dependents", "reserved_by",
     )
 
     def __init__(self, spec: dict[str, Any], seq: int, now_wall: float):
@@ -56,6 +56,7 @@ class Task:
         self.worker_pid: int | None = None
         self.deadline: float | None = None  # monotonic, while running
         self.hold: str | None = None  # which gate holds a queued task back
+        self.reserved_by: int | None = None  # worker pid holding it prefetched (still queued)
         self.pending_dependents = 0  # unfinished tasks that need this one's result: not prunable
 
     def record(self) -> dict[str, Any]:

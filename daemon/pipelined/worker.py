@@ -38,6 +38,7 @@ from pipeline_protocol import worker_messages as wm
 from . import titles
 
 PR_SET_PDEATHSIG = 1
+NOBLOCK = int(zmq.NOBLOCK)
 # Set in the environment of everything a task starts: when a descendant escapes
 # the worker's tree (double fork), the supervisor still knows whose it is.
 TASK_TAG = "PIPELINED_TASK_ID"
@@ -101,6 +102,17 @@ class _Inbox:
         self.sock = sock
         self.runs: deque[dict] = deque()
         self.exit: dict | None = None
+        self.interruptible = False  # True only while a task runs: the socket is ours to use then
+
+    def on_usr1(self, signum: int, frame: Any) -> None:
+        """The supervisor wants an answer about a prefetched task now (a skip).
+
+        Runs between the bytecodes of the task, never inside our own socket
+        calls. Whether a prefetched task is dropped here or started by the main
+        loop is decided by who takes it out of `runs` first: exactly one does.
+        """
+        if self.interruptible:
+            self.gather()
 
     def take(self, msg: dict) -> None:
         kind = msg.get("t")
@@ -116,8 +128,12 @@ class _Inbox:
 
     def gather(self) -> None:
         """Take whatever already arrived, without waiting."""
-        while self.sock.poll(0):
-            self.take(decode(self.sock.recv()))
+        while True:
+            try:
+                data = self.sock.recv(NOBLOCK)
+            except zmq.Again:
+                return
+            self.take(decode(data))
 
     def wait(self) -> None:
         self.take(decode(self.sock.recv()))
@@ -131,6 +147,7 @@ def _serve(slot: int, endpoint: str) -> None:
     sock.connect(endpoint)
     sock.send(encode({"t": wm.HELLO, "pid": os.getpid(), "slot": slot}))
     inbox = _Inbox(sock)
+    signal.signal(signal.SIGUSR1, inbox.on_usr1)
     announced = False  # the supervisor already knows the head of inbox.runs started
     while True:
         if not inbox.runs:
@@ -142,7 +159,11 @@ def _serve(slot: int, endpoint: str) -> None:
         if msg.get("p") and not announced:
             sock.send(encode({"t": wm.START, "id": msg["id"], "a": msg["a"]}))
         titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
-        reply = _execute(msg)
+        inbox.interruptible = True
+        try:
+            reply = _execute(msg)
+        finally:
+            inbox.interruptible = False
         inbox.gather()
         nxt = inbox.runs[0] if inbox.runs else None
         announced = nxt is not None and bool(nxt.get("p"))
