@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from pipeline_protocol import PROTOCOL_VERSION, decode, encode
 from pipeline_protocol.codec import MAX_FRAME_BYTES
@@ -23,6 +24,8 @@ from .errors import DaemonUnreachable, RequestError, raise_for_record
 from .tasks import command_task, function_task
 
 DEFAULT_TIMEOUT_S = 10.0  # how long a plain request may wait for its reply
+CHECK_EVERY_MS = 1000  # while a reply is slow, look this often whether the daemon is still there
+IDEMPOTENT_OPS = frozenset({"ping", "get", "list", "wait", "result", "status", "queue_status", "resource_status", "workers", "workflow_status"})
 _rids = itertools.count(1)
 
 
@@ -58,7 +61,25 @@ class Client:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # Connection events tell a long wait that the daemon went away and came back.
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._connections = 0  # CONNECTED events seen so far
         self._sock.connect(endpoint(self.socket_path))
+
+    def _count_connections(self) -> int:
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self._connections += 1
+        return self._connections
+
+    def _check_daemon(self, sent_at_connection: int) -> bool:
+        """Called while a reply is slow: raise DaemonUnreachable if the daemon is
+        gone; True when it restarted since the request left (resend it: wait and
+        result are idempotent, and the journal kept the tasks). A spurious resend
+        (an old CONNECTED event read late) only costs a duplicate reply, dropped."""
+        probe(self.socket_path)
+        return self._count_connections() > sent_at_connection
 
     # -- plumbing ---------------------------------------------------------
     def request(self, op: str, *, wait_s: float | None = None, **fields: Any) -> dict[str, Any]:
@@ -68,14 +89,19 @@ class Client:
         result); None means forever. The socket timeout is added on top.
         """
         rid = next(_rids)
-        self._sock.send(encode_request(op, rid, fields))
+        data = encode_request(op, rid, fields)
+        self._sock.send(data)
+        sent_at = self._connections  # events are read only when a reply is slow: no cost here
         budget = None if (wait_s is None and op in ("wait", "result")) else (wait_s or 0) + self.timeout
         deadline = None if budget is None else time.monotonic() + budget
         while True:
-            remaining_ms = 1000 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._sock.poll(remaining_ms):
+            slice_ms = CHECK_EVERY_MS if deadline is None else max(0, min(CHECK_EVERY_MS, int((deadline - time.monotonic()) * 1000)))
+            if not self._sock.poll(slice_ms):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise DaemonUnreachable(self.socket_path, f"no reply to {op!r} within {budget:g}s")
+                if self._check_daemon(sent_at) and op in IDEMPOTENT_OPS:
+                    self._sock.send(data)  # the daemon restarted: our request died with the old one
+                    sent_at = self._connections
                 continue
             frames = self._sock.recv_multipart()
             try:
@@ -87,6 +113,8 @@ class Client:
             return check_reply(reply)
 
     def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
         self._sock.close(linger=0)
 
     def __enter__(self) -> Client:

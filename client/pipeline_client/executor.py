@@ -68,12 +68,24 @@ class Executor(cf.Executor):
             task_id = self._client.submit(fn, args=list(args), kwargs=kwargs, **self._options)
             future = _TaskFuture(self, task_id)
             self._futures[task_id] = future
-            self._wake_tx.send(b"")
+            self._wake()
         return future
+
+    def _wake(self) -> None:
+        """Nudge the collector. Never blocks: once the collector has left, a PAIR
+        send would wait forever for a peer that is gone."""
+        if self._wake_tx is None:
+            return
+        try:
+            self._wake_tx.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
 
     def _cancel_in_daemon(self, task_id: str) -> bool:
         """Cancel the task unless it already started (concurrent.futures semantics)."""
         with self._lock:
+            if self._wake_tx is None:
+                return False  # shut down: the task is the daemon's business now
             reply = self._client.cancel(task_id, if_not_running=True)
         return task_id in reply.get("cancelled", ())
 
@@ -133,16 +145,20 @@ class Executor(cf.Executor):
             wake_rx.close(linger=0)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As concurrent.futures: may be called more than once; cancel_futures
+        cancels the tasks that have not started (running ones finish)."""
         with self._lock:
             self._shutdown = True
             pending = dict(self._futures) if cancel_futures else {}
-            self._wake_tx.send(b"")
+            self._wake()
         for task_id, future in pending.items():
             if future.cancel():
                 with self._lock:
                     self._futures.pop(task_id, None)
-                    self._wake_tx.send(b"")
-        if wait:
+                    self._wake()
+        if wait and self._wake_tx is not None:
             self._collector.join()
-            self._wake_tx.close(linger=0)
+            with self._lock:
+                self._wake_tx.close(linger=0)
+                self._wake_tx = None
             self._client.close()
