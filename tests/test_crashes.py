@@ -337,7 +337,6 @@ def test_higher_priority_task_displaces_a_prefetched_one(make_daemon, tmp_path):
     assert c.get(nxt)["retry_count"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the worker installs its SIGUSR1 handler (prefetch skip) once at start; a task that resets SIGUSR1 to SIG_DFL poisons the worker, and the next preemption of a prefetched task (skip + SIGUSR1) kills the worker while it runs an innocent task, which fails worker_lost 'killed by SIGUSR1'; re-install the handler before each task")
 def test_task_resetting_sigusr1_does_not_poison_the_worker(make_daemon, tmp_path):
     d = make_daemon(workers=1)
     c = d.client
@@ -357,3 +356,16 @@ def test_task_resetting_sigusr1_does_not_poison_the_worker(make_daemon, tmp_path
     by_id = {t["task_id"]: t for t in rec["tasks"]}
     assert (by_id[held]["status"], by_id[held]["reason"]) == ("completed", None), by_id[held]["error"]
     assert open(order).read().split() == ["high", "next"]
+
+
+def test_memory_limit(make_daemon):
+    d = make_daemon(workers=2)
+    c = d.client
+    before = {w["pid"] for w in wait_idle_pool(c, 2)}
+    tid = c.submit("tests.tasks:big_alloc", args=[300, 30], memory_limit_mb=150, max_retries=0, timeout=60)
+    rec = c.wait([tid], timeout=30)["tasks"][0]
+    assert (rec["status"], rec["reason"]) == ("failed", "memory_limit")
+    assert "150" in rec["error"]["message"]
+    _check_pool_refilled(c, 2, before, rec["worker_pid"], True)
+    small = c.submit("tests.tasks:big_alloc", args=[20, 0], memory_limit_mb=150)
+    assert c.result(small, timeout=20) == 20 * 1024 * 1024

@@ -159,6 +159,8 @@ def _serve(slot: int, endpoint: str) -> None:
         if msg.get("p") and not announced:
             sock.send(encode({"t": wm.START, "id": msg["id"], "a": msg["a"]}))
         titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
+        if signal.getsignal(signal.SIGUSR1) != inbox.on_usr1:
+            signal.signal(signal.SIGUSR1, inbox.on_usr1)  # a previous task took it over
         inbox.interruptible = True
         try:
             reply = _execute(msg)
