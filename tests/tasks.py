@@ -214,6 +214,7 @@ def hold_then(mode_path, go_path, how="return"):
     """
     if not os.path.exists(mode_path):
         return "fast"
+    open(go_path + ".started", "w").close()  # the test may wait for this: the task really runs
     deadline = time.monotonic() + 60
     while not os.path.exists(go_path):
         if time.monotonic() > deadline:
@@ -228,3 +229,23 @@ def reset_usr1():
     """Put SIGUSR1 back to its default action (terminate), as some libraries do."""
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     return True
+
+
+def span(path, tag, seconds):
+    """Sleep, then append "tag start end" (monotonic clock, shared by every process):
+    lets a test check which tasks overlapped."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    end = time.monotonic()
+    with open(path, "a") as fh:
+        fh.write(f"{tag} {start} {end}\n")
+    return tag
+
+
+def spin(seconds):
+    """Burn CPU for `seconds` (a busy worker for CPU % readings)."""
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+    return n

@@ -15,9 +15,9 @@ import threading
 import time
 
 import pytest
-
-import tests.tasks as tasks
 from pipeline_client import AsyncClient, Client, DaemonUnreachable, Executor, PipelineError, RequestError, TaskCancelled, TaskFailed
+
+from tests import tasks
 
 from .conftest import REPO, wait_for
 from .helpers import wait_status
@@ -330,7 +330,7 @@ def test_executor_map_submit_and_errors(daemon):
         assert exc.reason == "error"
         assert exc.error["message"] == "from executor"
         futs = [ex.submit("tests.tasks:square", i) for i in range(30)]
-        done, not_done = cf.wait(futs, timeout=20)
+        _, not_done = cf.wait(futs, timeout=20)
         assert not not_done
         assert sorted(f.result() for f in futs) == sorted(i * i for i in range(30))
 
@@ -516,7 +516,7 @@ def test_explicit_socket_wins_over_env(daemon, monkeypatch, tmp_path):
 # -- pipelinectl, the minimal part of this issue --------------------------------------------------------
 def _ctl(*args, env=None):
     cmd = [sys.executable, "-c", "import sys; from pipeline_client.cli import main; sys.exit(main())", *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30, env=env)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30, env=env, check=False)
 
 
 def test_pipelinectl_ping_and_status(daemon):

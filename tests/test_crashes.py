@@ -8,10 +8,10 @@ import ctypes
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
-
 from pipeline_client import TaskFailed
 
 from .conftest import wait_for
@@ -284,7 +284,7 @@ def _prefetch_setup(make_daemon, tmp_path):
     mode, go, order = str(tmp_path / "mode"), str(tmp_path / "go"), str(tmp_path / "order")
     warm = c.submit_many([{"function": "tests.tasks:hold_then", "args": [mode, go]} for _ in range(10)])
     c.wait(warm, timeout=10)
-    open(mode, "w").close()
+    Path(mode).touch()
     held, nxt = c.submit_many([
         {"task_id": "held", "function": "tests.tasks:hold_then", "args": [mode, go, "exit"], "timeout": 2.0, "max_retries": 0},
         {"task_id": "next", "function": "tests.tasks:record", "args": [order, "next"], "max_retries": 0},
@@ -300,7 +300,7 @@ def test_prefetched_task_survives_the_death_of_the_task_ahead(make_daemon, tmp_p
     c = d.client
     worker = c.get(held)["worker_pid"]
     if how == "crash":
-        open(go, "w").close()
+        Path(go).touch()
     elif how == "cancel_running":
         assert c.cancel(held)["cancelled"] == [held]
     rec = c.wait([held], timeout=10)["tasks"][0]
@@ -310,12 +310,12 @@ def test_prefetched_task_survives_the_death_of_the_task_ahead(make_daemon, tmp_p
     assert after["status"] == "completed"
     assert after["retry_count"] == 0  # no attempt was spent on the lost reservation
     assert after["worker_pid"] != worker
-    assert open(order).read().split() == ["next"]  # it ran exactly once
+    assert Path(order).read_text().split() == ["next"]  # it ran exactly once
     wait_idle_pool(c, 1, exclude={worker})
 
 
 def test_cancel_of_a_prefetched_task(make_daemon, tmp_path):
-    d, held, nxt, go, order = _prefetch_setup(make_daemon, tmp_path)
+    d, held, nxt, _, order = _prefetch_setup(make_daemon, tmp_path)
     c = d.client
     assert c.cancel(nxt)["cancelled"] == [nxt]
     assert c.get(nxt)["status"] == "cancelled"
@@ -329,11 +329,12 @@ def test_cancel_of_a_prefetched_task(make_daemon, tmp_path):
 def test_higher_priority_task_displaces_a_prefetched_one(make_daemon, tmp_path):
     d, held, nxt, go, order = _prefetch_setup(make_daemon, tmp_path)
     c = d.client
+    wait_for(lambda: os.path.exists(go + ".started"), 5, what="the held task to really start")
     high = c.submit("tests.tasks:record", args=[order, "high"], priority="high", task_id="high")
     wait_for(lambda: c.workers()[0].get("prefetched") != [nxt], 5, what="the prefetched task to be taken back")
-    open(go, "w").close()  # the held task ends (it crashes, which changes nothing here)
+    Path(go).touch()  # the held task ends (it crashes, which changes nothing here)
     c.wait([held, high, nxt], timeout=10)
-    assert open(order).read().split() == ["high", "next"]
+    assert Path(order).read_text().split() == ["high", "next"]
     assert c.get(nxt)["retry_count"] == 0
 
 
@@ -343,19 +344,20 @@ def test_task_resetting_sigusr1_does_not_poison_the_worker(make_daemon, tmp_path
     assert c.result(c.submit("tests.tasks:reset_usr1"), timeout=10) is True
     mode, go, order = str(tmp_path / "mode"), str(tmp_path / "go"), str(tmp_path / "order")
     c.wait(c.submit_many([{"function": "tests.tasks:hold_then", "args": [mode, go]} for _ in range(10)]), timeout=10)
-    open(mode, "w").close()
+    Path(mode).touch()
     held, nxt = c.submit_many([
         {"task_id": "held", "function": "tests.tasks:hold_then", "args": [mode, go], "max_retries": 0, "timeout": 10},
         {"task_id": "next", "function": "tests.tasks:record", "args": [order, "next"], "max_retries": 0},
     ])
     wait_for(lambda: c.workers()[0].get("prefetched") == [nxt], 5, what="the next task to be prefetched")
+    wait_for(lambda: os.path.exists(go + ".started"), 5, what="the held task to really start")
     c.submit("tests.tasks:record", args=[order, "high"], priority="high", task_id="high")
     wait_for(lambda: c.workers() and c.workers()[0].get("prefetched") != [nxt], 5, what="the prefetched task to be taken back")
-    open(go, "w").close()
+    Path(go).touch()
     rec = c.wait([held, "high", nxt], timeout=10)
     by_id = {t["task_id"]: t for t in rec["tasks"]}
     assert (by_id[held]["status"], by_id[held]["reason"]) == ("completed", None), by_id[held]["error"]
-    assert open(order).read().split() == ["high", "next"]
+    assert Path(order).read_text().split() == ["high", "next"]
 
 
 def test_memory_limit(make_daemon):
@@ -369,3 +371,38 @@ def test_memory_limit(make_daemon):
     _check_pool_refilled(c, 2, before, rec["worker_pid"], True)
     small = c.submit("tests.tasks:big_alloc", args=[20, 0], memory_limit_mb=150)
     assert c.result(small, timeout=20) == 20 * 1024 * 1024
+
+
+def _signal_pending(pid: int, sig: int) -> bool:
+    """Is `sig` pending for the (stopped) process? /proc shows process-directed ones as ShdPnd."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) & (1 << (sig - 1)):
+            return True
+    return False
+
+
+def test_skip_signalled_before_the_task_starts_is_not_lost(make_daemon, tmp_path):
+    d = make_daemon(workers=1)
+    c = d.client
+    mode, go, order = str(tmp_path / "mode"), str(tmp_path / "go"), str(tmp_path / "order")
+    c.wait(c.submit_many([{"function": "tests.tasks:hold_then", "args": [mode, go]} for _ in range(10)]), timeout=10)
+    Path(mode).touch()
+    worker = wait_idle_pool(c, 1)[0]["pid"]
+    os.kill(worker, signal.SIGSTOP)  # the worker gets everything below only once it runs again
+    try:
+        held, nxt = c.submit_many([
+            {"task_id": "held", "function": "tests.tasks:hold_then", "args": [mode, go], "max_retries": 0, "timeout": 20},
+            {"task_id": "next", "function": "tests.tasks:record", "args": [order, "next"], "max_retries": 0},
+        ])
+        wait_for(lambda: c.workers()[0].get("prefetched") == [nxt], 5, what="the next task to be prefetched")
+        c.submit("tests.tasks:record", args=[order, "high"], priority="high", task_id="high")  # skip + SIGUSR1
+        wait_for(lambda: _signal_pending(worker, signal.SIGUSR1), 5, what="the supervisor's SIGUSR1 to be pending")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    try:
+        taken_back = wait_for_quietly(lambda: c.workers()[0].get("prefetched") != [nxt], 3)
+    finally:
+        Path(go).touch()
+    c.wait([held, "high", nxt], timeout=20)
+    assert Path(order).read_text().split() == ["high", "next"]  # strict priority holds either way
+    assert taken_back, "the prefetched task stayed reserved behind the running task"

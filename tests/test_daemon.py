@@ -11,10 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import zmq
-
 from pipeline_client import Client, Ref, RequestError, TaskCancelled, TaskFailed
 from pipeline_client.errors import DaemonUnreachable
 from pipeline_protocol import decode, encode
@@ -130,7 +130,7 @@ def test_list_with_state_and_workflow_filters(daemon):
         {"task_id": "loose", "function": "tests.tasks:noop"},
     ])
     c.wait(ids, timeout=10)
-    names = lambda tasks: sorted(t["task_id"] for t in tasks)  # noqa: E731
+    names = lambda tasks: sorted(t["task_id"] for t in tasks)
     assert names(c.list()) == sorted(ids)
     assert names(c.list(workflow="w1")) == ["w1-bad", "w1-ok"]
     assert names(c.list(state="failed")) == ["w1-bad"]
@@ -168,7 +168,7 @@ def test_wait_all_any_and_timeout(daemon, tmp_path):
     reply = c.wait([slow], timeout=0)
     assert reply["timed_out"] is True
 
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     reply = c.wait([fast, slow], timeout=10)
     assert {t["task_id"] for t in reply["tasks"]} == {fast, slow}
     assert all(t["status"] == "completed" for t in reply["tasks"])
@@ -182,7 +182,7 @@ def test_wait_any_returns_when_first_ends(daemon, tmp_path):
     reply = c.wait([blocked, quick], timeout=20, return_when="any")
     assert [t["task_id"] for t in reply["tasks"]] == [quick]
     assert reply["pending"] == [blocked]
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     assert c.result(blocked, timeout=10) is True
 
 
@@ -206,7 +206,7 @@ def test_result_success_failure_and_timeout(daemon, tmp_path):
     blocked = c.submit("tests.tasks:wait_for_file", args=[gate(tmp_path)])
     with pytest.raises(TimeoutError):
         c.result(blocked, timeout=0.2)
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     assert c.result(blocked, timeout=10) is True
 
 
@@ -225,7 +225,7 @@ def test_many_parked_waits_answered(daemon, tmp_path):
             peers.append(peer)
         c.ping()  # a round trip: gives the daemon every chance to answer early, were it going to
         assert not any(peer.poll(0) for peer in peers), "a wait was answered before its task ended"
-        open(gate(tmp_path), "w").close()
+        Path(gate(tmp_path)).touch()
         for i, peer in enumerate(peers):
             assert peer.poll(10_000), "a parked wait was never answered"
             reply = decode(peer.recv_multipart()[-1])
@@ -279,7 +279,7 @@ def test_cancel_queued_task_and_its_dependents(make_daemon, tmp_path):
         c.result(queued, timeout=5)
     # cancelling again is harmless and says nothing was cancelled
     assert c.cancel(queued)["cancelled"] == []
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     assert c.result(blocker, timeout=10) is True
     assert not (tmp_path / "ran").exists()  # the cancelled task never ran
 
@@ -346,7 +346,7 @@ def test_status_fields_and_counts(make_daemon, tmp_path):
     assert st["running_tasks"] == 1
     assert st["pending_tasks"] == 1
     assert st["performance_metrics"]["total_tasks"] == 4
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     c.wait([running, pending], timeout=10)
     st = c.status()
     assert (st["completed_tasks"], st["running_tasks"], st["pending_tasks"]) == (3, 0, 0)
@@ -362,7 +362,7 @@ def test_queue_status_counts_by_priority(make_daemon, tmp_path):
     qs = c.queue_status()
     assert qs["queue_size"] == 6
     assert qs["job_counts"] == {"HIGH": 3, "MEDIUM": 1, "LOW": 2}
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     wait_for(lambda: c.queue_status()["queue_size"] == 0, 10, what="the queue to drain")
 
 
@@ -377,7 +377,7 @@ def test_workers_view(daemon, tmp_path):
     assert len(busy) == 1
     assert busy[0]["task_id"] == tid
     assert busy[0]["pid"] == rec["worker_pid"]
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     c.result(tid, timeout=10)
 
 
@@ -405,8 +405,7 @@ def test_shutdown_stops_daemon_and_workers(make_daemon):
     assert reply["ok"] is True
     assert d.proc.wait(10) == 0
     assert not os.path.exists(d.socket)
-    for pid in workers:
-        wait_for(lambda: gone(pid), 5, what=f"worker {pid} to exit")
+    wait_for(lambda: all(gone(pid) for pid in workers), 5, what=f"workers {workers} to exit")
     with pytest.raises(DaemonUnreachable) as ei:
         Client(d.socket)
     assert d.socket in str(ei.value)
@@ -421,9 +420,9 @@ def test_priorities_end_to_end_with_one_worker(make_daemon, tmp_path):
     wait_status(c, blocker, "running")
     plan = [("low1", "low"), ("med1", "medium"), ("low2", "low"), ("high1", "high"), ("int50", 50), ("med2", None), ("high2", "high"), ("neg", -3)]
     ids = [c.submit("tests.tasks:record", args=[order, name], priority=prio) for name, prio in plan]
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     c.wait(ids, timeout=20)
-    ran = open(order).read().split()
+    ran = Path(order).read_text().split()
     assert ran == ["int50", "high1", "high2", "med1", "med2", "neg", "low1", "low2"]
 
 
@@ -694,7 +693,7 @@ def test_drain_refuses_new_tasks_and_lets_running_ones_finish(make_daemon, tmp_p
         c.submit("tests.tasks:noop")
     assert ei.value.code == "draining"
     assert c.get(running)["status"] == "running"  # not killed by the drain
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     assert d.proc.wait(15) == 0  # nothing left running: the daemon stops by itself
     assert not (tmp_path / "ran").exists()  # the queued task was never started
     assert queued
@@ -714,7 +713,7 @@ def test_process_titles(daemon, tmp_path):
     wait_for(lambda: cmdline(rec["worker_pid"]) == f"pipelined: worker {slot} busy titled tests.tasks:wait_for_file", 5,
              what=f"busy title, is {cmdline(rec['worker_pid'])!r}")
     wait_for(lambda: "1 running" in cmdline(daemon.pid), 5, what="supervisor title to count the running task")
-    open(gate(tmp_path), "w").close()
+    Path(gate(tmp_path)).touch()
     c.result(tid, timeout=10)
     wait_for(lambda: cmdline(rec["worker_pid"]) == f"pipelined: worker {slot} idle", 5, what="worker back to idle title")
 
@@ -747,7 +746,7 @@ def test_dir_mode_does_not_depend_on_umask(tmp_path):
 def test_second_daemon_on_same_runtime_dir_refused(daemon, make_daemon):
     second = subprocess.run(
         [sys.executable, "-m", "pipelined", "--runtime-dir", str(daemon.runtime_dir), "--state-dir", str(daemon.state_dir), "--workers", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
     )
     assert second.returncode == 2
     assert "already running" in second.stderr
@@ -775,10 +774,10 @@ def test_non_socket_file_at_socket_path_refused(make_daemon):
     d.runtime_dir.mkdir(mode=0o750)
     with open(d.socket, "w") as fh:
         fh.write("not a socket")
-    proc = subprocess.run(d.command(), cwd=REPO, env=d.env, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(d.command(), cwd=REPO, env=d.env, capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2
     assert "not a socket" in proc.stderr
-    assert open(d.socket).read() == "not a socket"  # never deletes what is not its own
+    assert Path(d.socket).read_text() == "not a socket"  # never deletes what is not its own
 
 
 def test_sigterm_stops_cleanly(make_daemon):
@@ -787,5 +786,4 @@ def test_sigterm_stops_cleanly(make_daemon):
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(15) == 0
     assert not os.path.exists(d.socket)
-    for pid in workers:
-        assert wait_for(lambda: not alive(pid), 5, what=f"worker {pid} gone")
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), 5, what=f"workers {workers} gone")

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
-
 from pipeline_client import Client
 from pipeline_protocol import ErrorCode, Ref, decode, encode
 
@@ -387,7 +387,7 @@ def test_peer_disconnects_while_its_wait_is_parked(ctx, make_daemon, tmp_path):
         s.send_multipart([b"", encode({"v": 1, "op": "result", "task_id": tid, "timeout": timeout, "rid": 2})])
         s.close(linger=0)
     assert c.wait([tid], timeout=0.5)["timed_out"] is True  # the 0.2 s waits expired into the void
-    open(tmp_path / "gate", "w").close()  # the parked waits without a timeout are answered into the void
+    Path(tmp_path / "gate").touch()  # the parked waits without a timeout are answered into the void
     assert c.result(tid, timeout=10) is True
     assert c.ping()["pong"]
     assert d.proc.poll() is None

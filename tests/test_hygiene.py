@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -134,5 +135,5 @@ def test_supervisor_idle_with_running_task_and_parked_wait(daemon, tmp_path):
         c.ping()
         used = _idle_cpu(daemon.pid)
         assert used < 0.05, f"supervisor used {used:.3f}s CPU in 1s with only far deadlines"
-        open(tmp_path / "gate", "w").close()
+        Path(tmp_path / "gate").touch()
         assert c.result(tid, timeout=10) is True

@@ -9,7 +9,6 @@ import textwrap
 
 import msgpack
 import pytest
-
 from pipeline_protocol import (
     OPS,
     PROTOCOL_VERSION,
@@ -351,7 +350,7 @@ BLOCKED_IMPORT_CHECK = textwrap.dedent(
 
 
 def test_client_and_protocol_import_without_psutil_and_setproctitle():
-    proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT_CHECK], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT_CHECK], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("OK")
     assert int(proc.stdout.split()[1]) >= 10  # it really walked both packages
@@ -366,6 +365,6 @@ def test_blocked_import_check_catches_an_offender(tmp_path):
     proto.mkdir()
     (proto / "__init__.py").write_text("")
     script = f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n" + BLOCKED_IMPORT_CHECK
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert "blocked" in proc.stderr + proc.stdout

@@ -162,6 +162,7 @@ def _serve(slot: int, endpoint: str) -> None:
         if signal.getsignal(signal.SIGUSR1) != inbox.on_usr1:
             signal.signal(signal.SIGUSR1, inbox.on_usr1)  # a previous task took it over
         inbox.interruptible = True
+        inbox.gather()  # a skip whose SIGUSR1 came while we were not interruptible
         try:
             reply = _execute(msg)
         finally:
