@@ -1,6 +1,6 @@
 # pipelined: the two commands of the quick start, and a few more.
 #   make demo   install into .venv, start a private daemon, run the quality pipeline, stop it
-#   make test   install into .venv and run the whole test suite
+#   make test   install into .venv (and the MCP Inspector into .ci/node) and run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,6 +21,7 @@ demo: install
 	@WORKERS="$(WORKERS)" TARGET="$(TARGET)" VENV="$(VENV)" bash scripts/demo.sh
 
 test: install
+	@bash scripts/install-inspector.sh
 	$(PY) -m pytest -q
 
 bench: install
