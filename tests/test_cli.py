@@ -28,7 +28,7 @@ from tests.conftest import REPO, wait_for
 PYTHONPATH = os.pathsep.join(str(REPO / p) for p in ("protocol", "client", "daemon", "."))
 ENV = {k: v for k, v in os.environ.items() if k != "PIPELINED_SOCKET"}
 ENV["PYTHONPATH"] = PYTHONPATH + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
-COMMANDS = ["ping", "status", "workers", "list", "show", "submit", "call", "wait", "cancel", "run", "drain", "shutdown"]
+COMMANDS = ["ping", "status", "workers", "list", "show", "submit", "call", "wait", "cancel", "run", "watch", "top", "drain", "shutdown"]
 
 
 def ctl_argv(sock: str | None, *argv: str) -> list[str]:
@@ -140,7 +140,7 @@ def test_ping_status_workers(daemon):
     assert sorted(w["pid"] for w in workers) == sorted(daemon.worker_pids())
     proc = ctl(daemon.socket, "workers")
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["SLOT", "PID", "STATE", "TASK", "TASKS", "DONE", "UPTIME"]
+    assert lines[0].split() == ["SLOT", "PID", "STATE", "TASK", "TASKS", "DONE", "RSS", "MB", "CPU", "%", "UPTIME"]
     assert len(lines) == 3 and all(" idle " in line for line in lines[1:])
 
 

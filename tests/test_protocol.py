@@ -305,7 +305,7 @@ BLOCKED_IMPORT_CHECK = textwrap.dedent(
     """
     import importlib, pkgutil, sys
 
-    BLOCKED = {"psutil", "setproctitle"}
+    BLOCKED = {"psutil", "setproctitle", "prometheus_client"}  # daemon-only dependencies
 
     class Blocker:
         def find_spec(self, name, path=None, target=None):

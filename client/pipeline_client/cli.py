@@ -35,13 +35,17 @@ from .render import (
     mapping_view,
     ping_view,
     shutdown_view,
+    streamed,
     strip_envelope,
     task_id_view,
     task_view,
     tasks_view,
+    to_json,
     workers_view,
 )
 from .run import cmd_run
+from .top import run_top
+from .watch import EventWatcher, event_line
 
 
 class Session:
@@ -139,6 +143,41 @@ def cmd_cancel(args: argparse.Namespace, s: Session) -> Outcome:
     return Outcome(reply, cancel_view)
 
 
+def cmd_watch(args: argparse.Namespace, s: Session) -> Outcome:
+    """Stream task and worker events live, one line each (--json: JSON lines); Ctrl-C stops.
+
+    --count N stops after N events, --timeout S after S seconds; exit 1 if
+    both are given and the N events did not come in time."""
+    watcher = EventWatcher(getattr(args, "socket", None), workflow=args.workflow, task_type=args.type, states=args.state)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    seen = 0
+    try:
+        with watcher:
+            while args.count is None or seen < args.count:
+                event = watcher.next(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if event is None:
+                    break
+                print(to_json(event, indent=None) if s.as_json else event_line(event), flush=True)
+                seen += 1
+    except KeyboardInterrupt:
+        return streamed(EXIT_OK)
+    if args.count is not None and seen < args.count:
+        print(f"pipelinectl: watch: {seen} of {args.count} events within {args.timeout:g}s", file=sys.stderr, flush=True)
+        return streamed(EXIT_TASK_FAILED)
+    return streamed(EXIT_OK)
+
+
+def cmd_top(args: argparse.Namespace, s: Session) -> Outcome:
+    """A live view of workers (RSS, CPU use), queue and running tasks, redrawn in place; Ctrl-C stops."""
+    if args.interval <= 0:
+        raise UsageError("--interval must be more than 0 seconds")
+    try:
+        run_top(s.client, sys.stdout, args.interval, args.once, s.as_json)
+    except KeyboardInterrupt:
+        pass
+    return streamed(EXIT_OK)
+
+
 def cmd_drain(args: argparse.Namespace, s: Session) -> Outcome:
     """Stop dispatching; running tasks finish, queued ones stay in the journal."""
     return Outcome(strip_envelope(s.client.drain()), drain_view)
@@ -216,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="pipeline file (TOML)")
     p.add_argument("--env", action="append", type=env_assignment, metavar="KEY=VALUE", help="set a pipeline parameter (repeatable; overrides [pipeline] env)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, just the summary")
+    p = add("watch", cmd_watch)
+    p.add_argument("--workflow", metavar="W", help="only task events of workflow W")
+    p.add_argument("--type", metavar="T", help="only task events of task type T")
+    p.add_argument("--state", action="append", choices=[s.value for s in TaskState], help="only task events entering this state (repeatable)")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    p = add("top", cmd_top)
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between frames (default 1)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
     add("drain", cmd_drain)
     add("shutdown", cmd_shutdown)
     return parser

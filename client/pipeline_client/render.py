@@ -27,9 +27,16 @@ class Outcome:
     data: Any
     human: Callable[[Any], str]
     exit_code: int = EXIT_OK
+    streamed: bool = False  # the command printed as it went (watch, top): nothing left to emit
+
+
+def streamed(exit_code: int = EXIT_OK) -> Outcome:
+    return Outcome(None, lambda _: "", exit_code, streamed=True)
 
 
 def emit(outcome: Outcome, as_json: bool, stream: TextIO) -> None:
+    if outcome.streamed:
+        return
     text = to_json(outcome.data) if as_json else outcome.human(outcome.data)
     if text:
         stream.write(text if text.endswith("\n") else text + "\n")
@@ -198,8 +205,13 @@ def _flatten(data: dict[str, Any], prefix: str = ""):
 def workers_view(workers: list[dict[str, Any]]) -> str:
     if not workers:
         return "no workers"
-    rows = [[w.get("slot"), w.get("pid"), w.get("state"), w.get("task_id"), w.get("tasks_done"), duration(w.get("uptime_s"))] for w in workers]
-    return table(["SLOT", "PID", "STATE", "TASK", "TASKS DONE", "UPTIME"], rows, right=(0, 1, 4, 5))
+    rows = [[w.get("slot"), w.get("pid"), w.get("state"), w.get("task_id"), w.get("tasks_done"), _number(w.get("rss_mb")),
+             _number(w.get("cpu_percent")), duration(w.get("uptime_s"))] for w in workers]
+    return table(["SLOT", "PID", "STATE", "TASK", "TASKS DONE", "RSS MB", "CPU %", "UPTIME"], rows, right=(0, 1, 4, 5, 6, 7))
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def ping_view(data: dict[str, Any]) -> str:

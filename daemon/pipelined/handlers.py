@@ -197,6 +197,7 @@ def op_status(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
         "cancelled_tasks": counts[TaskState.CANCELLED],
         "workers": sup.pool.counts(),
         "draining": sup.draining,
+        "event_subscribers": sup.events.subscribers,
         "performance_metrics": {
             "total_tasks": len(sup.store),
             "completed_tasks": completed,
@@ -219,7 +220,19 @@ def op_resource_status(sup: Supervisor, req: dict, envelope: list[bytes]) -> dic
 
 
 def op_workers(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
-    return {"workers": [h.info() for h in sorted(sup.pool.by_pid.values(), key=lambda h: h.slot)]}
+    """Each worker, with the RSS (its children included) and CPU % of its tree.
+
+    CPU % is measured since the previous `workers` request (cached psutil
+    objects, no sleeping): the first request after a worker starts says 0.0.
+    """
+    handles = sorted(sup.pool.by_pid.values(), key=lambda h: h.slot)
+    stats = sup.pool.sampler.sample([h.pid for h in handles])
+    out = []
+    for h in handles:
+        info = h.info()
+        info.update(stats.get(h.pid, {"rss_mb": None, "cpu_percent": None}))
+        out.append(info)
+    return {"workers": out}
 
 
 def op_workflow_status(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:

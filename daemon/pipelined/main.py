@@ -32,7 +32,7 @@ EXIT_CONFIG = 2
 LOCK_NAME = "pipelined.lock"
 JOURNAL_NAME = "journal.sqlite3"
 FLAG_KEYS = ("max_workers", "max_concurrent_tasks", "default_task_timeout", "max_task_retries", "max_tasks_per_worker",
-             "shutdown_grace_s", "log_level", "journal", "socket_group")
+             "shutdown_grace_s", "log_level", "journal", "socket_group", "http")
 
 log = logging.getLogger("pipelined")
 
@@ -44,6 +44,11 @@ class StartupError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, like every other startup error (argparse adds the whole usage)
         self.exit(EXIT_CONFIG, f"{self.prog}: usage error: {message} (see {self.prog} --help)\n")
+
+
+def _http_arg(text: str) -> str:
+    """--http 8081 is --http 127.0.0.1:8081: loopback unless the operator names a host."""
+    return f"127.0.0.1:{text}" if text.isdigit() else text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_s", metavar="S")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--socket-group", metavar="GROUP", help="give the control socket (and the runtime dir) to this group")
+    p.add_argument("--http", type=_http_arg, metavar="HOST:PORT",
+                   help="serve /healthz, /status and /metrics on HOST:PORT (a bare PORT means 127.0.0.1:PORT; off by default)")
     p.add_argument("--volatile", action="store_const", const=False, dest="journal", help="keep tasks in memory only: no journal, nothing survives a restart")
     p.add_argument("--check-config", action="store_true", help="print the effective configuration and where each value came from, then exit")
     p.add_argument("--json", action="store_true", help="with --check-config: print JSON instead of commented TOML")
@@ -234,6 +241,7 @@ def run_supervisor(config: Config, args: argparse.Namespace, flags: dict, runtim
     # Task functions are imported by module path, as `python -m` would: from the daemon's cwd.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    from .http import HttpBindError
     from .journal import Journal, JournalError
     from .store import TaskStore
     from .supervisor import Supervisor
@@ -248,7 +256,11 @@ def run_supervisor(config: Config, args: argparse.Namespace, flags: dict, runtim
     # SIGHUP re-reads the same sources; flags still win over the file and env.
     # socket_group and the directories are fixed at start (they need a restart).
     supervisor.reload_config = lambda: load_config(args.config, os.environ, flags)
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    except HttpBindError as exc:  # raised by _setup before anything else exists
+        print(f"pipelined: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

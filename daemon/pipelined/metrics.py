@@ -22,11 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from pipeline_protocol import END_STATES, TaskState, priority_label
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from pipeline_protocol import END_STATES, TaskState, priority_label
 
 from . import __version__
 from .task import Task
@@ -189,7 +188,7 @@ class SupervisorCollector(Collector):
                 if state is TaskState.QUEUED and n:
                     held.add_metric([gate, ttype], n)
         else:
-            for ttype, entries in sorted(sched._parked.items()):  # noqa: SLF001 - parked entries are the held tasks
+            for ttype, entries in sorted(sched._parked.items()):
                 n = sum(1 for entry in entries if entry[2].state is TaskState.QUEUED)
                 if n:
                     held.add_metric(["max_concurrent", ttype], n)
@@ -197,6 +196,7 @@ class SupervisorCollector(Collector):
 
 
 def make_registry(sup: Supervisor) -> tuple[CollectorRegistry, TaskMetrics]:
+    disable_created_metrics()  # no *_created series: they double the output and no dashboard reads them
     registry = CollectorRegistry()
     tasks = TaskMetrics(registry)
     registry.register(SupervisorCollector(sup, tasks))

@@ -39,6 +39,7 @@ from .dispatch import WorkerTraffic
 from .events import EVENTS_SOCKET, EventBus
 from .gates import ResourceGate
 from .handlers import result_reply, wait_reply
+from .http import HttpServer  # --http: /healthz, /status, /metrics in this loop
 from .policy import Policy
 from .pool import WorkerPool, become_subreaper
 from .scheduler import Scheduler
@@ -98,9 +99,12 @@ class Supervisor(WorkerTraffic):
         self.next_prune = time.monotonic()
         self.config_path: str | None = None  # re-read on SIGHUP
         self.reload_config: Any = None  # callable returning a new Config (main.py sets it)
+        self.http: HttpServer | None = None  # --http (off by default)
 
     # -- setup and teardown -----------------------------------------------------
     def _setup(self) -> None:
+        if self.config.http:  # http: first, so a bind error (HttpBindError: exit 2) leaves nothing behind
+            self.http = HttpServer(self.config.http, self)
         become_subreaper()
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
@@ -124,6 +128,8 @@ class Supervisor(WorkerTraffic):
         self.poller.register(self.events.sock, zmq.POLLIN)
         self.poller.register(self.workers_sock, zmq.POLLIN)
         self.poller.register(self._wakeup_r, zmq.POLLIN)
+        if self.http is not None:  # http: its fd in the poller, its counters on on_change (before restore)
+            self.http.attach(self.poller)
         self.restore()
         self.pool.fill()
 
@@ -143,6 +149,8 @@ class Supervisor(WorkerTraffic):
         for waiter in self.waiters.all():
             control.send_reply(self.control, waiter.envelope, error(ErrorCode.DRAINING, "pipelined stopped before the task ended", waiter.rid))
         self.pool.stop_all(grace_s=5.0)
+        if self.http is not None:  # http
+            self.http.close()
         self.store.close()
         self.control.close(linger=0)
         self.events.close()
@@ -197,6 +205,8 @@ class Supervisor(WorkerTraffic):
             control.serve_pending(self, self.control, self.outbox)
         if self.events.sock in ready:
             self.events.handle_subscriptions()
+        if self.http is not None:  # http: accept, read, answer, expire (never blocks)
+            self.http.handle(ready, now)
         if self._child_exited:
             self.reap_children(now, wall)
         self.enforce_deadlines(now, wall)
@@ -232,8 +242,9 @@ class Supervisor(WorkerTraffic):
     def _poll_timeout_ms(self) -> int | None:
         commit_at = None if self.dirty_since is None else self.dirty_since + COMMIT_DELAY_S
         gate_at = self.gate.next_check() if self.gate_hold else None
+        http_at = self.http.next_deadline() if self.http is not None else None  # http: a slow client's budget
         timers = (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline, self.next_prune,
-                  commit_at, self.notify.next_watchdog, gate_at, self.next_memory_check, self.withdraw_at)
+                  commit_at, self.notify.next_watchdog, gate_at, self.next_memory_check, self.withdraw_at, http_at)
         due = [t for t in timers if t is not None]
         if not due:
             return None

@@ -5,6 +5,7 @@ $XDG_RUNTIME_DIR/pipelined, else /run/pipelined (root) or /tmp/pipelined-<uid>.
 State dir: --state-dir, $PIPELINED_STATE_DIR, $STATE_DIRECTORY (systemd),
 $XDG_STATE_HOME/pipelined, else /var/lib/pipelined (root) or ~/.local/state/pipelined.
 Clients: --socket, $PIPELINED_SOCKET, else <runtime dir>/pipelined.sock.
+Events (`pipelinectl watch`): events.sock, in the same directory as the control socket.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from collections.abc import Mapping
 
 SOCKET_NAME = "pipelined.sock"
+EVENTS_SOCKET_NAME = "events.sock"
 
 
 def _first(env: Mapping[str, str], *names: str) -> str | None:
@@ -64,3 +66,8 @@ def endpoint(path: str) -> str:
 
 def strip_endpoint(path: str) -> str:
     return path[len("ipc://"):] if path.startswith("ipc://") else path
+
+
+def events_socket_path(control_socket: str) -> str:
+    """The daemon's event socket (XPUB), next to its control socket."""
+    return os.path.join(os.path.dirname(strip_endpoint(control_socket)), EVENTS_SOCKET_NAME)
