@@ -54,6 +54,7 @@ WORKER_SOCKET = "workers.sock"
 COMMIT_DELAY_S = 0.005  # how long a state change may wait for company before it is written
 COMMIT_BATCH = 2000
 MAX_FAILED_PASSES = 50
+RESTART_KEYS = frozenset({"http", "socket_group", "journal", "journal_sync"})  # fixed at start
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -336,7 +337,11 @@ class Supervisor(WorkerTraffic):
         self.pool.fill()
         self.next_prune = time.monotonic()
         changed = sorted(k for k, v in new.effective().items() if old.effective().get(k) != v)
-        log.info("SIGHUP: configuration reloaded (%s)", ", ".join(changed) or "nothing changed")
+        needs_restart = [k for k in changed if k in RESTART_KEYS]
+        live = [k for k in changed if k not in RESTART_KEYS]
+        log.info("SIGHUP: configuration reloaded (%s)", ", ".join(live) or "nothing changed")
+        if needs_restart:
+            log.warning("SIGHUP: %s changed but take effect only after a restart", ", ".join(needs_restart))
         self.notify.reloaded(self.status_line())
 
     # -- cancel, drain ----------------------------------------------------------
