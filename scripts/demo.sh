@@ -9,6 +9,10 @@ bin="$venv/bin"
 demo=$(pwd)/.demo
 rm -rf "$demo" && mkdir -p "$demo"
 export PIPELINED_SOCKET="$demo/run/pipelined.sock"
+if [ -n "${TARGET:-}" ] && [ ! -d "$TARGET" ]; then
+  echo "make demo: TARGET=$TARGET is not a folder" >&2
+  exit 2
+fi
 
 workers=()
 [ -n "${WORKERS:-}" ] && workers=(--workers "$WORKERS")

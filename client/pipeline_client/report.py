@@ -138,10 +138,12 @@ def summary_view(doc: dict[str, Any]) -> str:
     rows = []
     for name, st in doc["stages"].items():
         tasks = f"{st['completed']}/{st['shards']}" if "shards" in st else ("1/1" if st["status"] == "completed" else "0/1")
-        rows.append([name, tasks, st["status"], st["reason"], st["attempts"], duration(st["execution_time"])])
-    body = table(["STAGE", "TASKS", "STATUS", "REASON", "ATTEMPTS", "TIME"], rows, right=(1, 4, 5))
+        # WALL: first start to last end of the stage; SLOWEST: its longest task.
+        wall = st.get("wall_time", st["execution_time"])
+        rows.append([name, tasks, st["status"], st["reason"], st["attempts"], duration(wall), duration(st["execution_time"])])
+    body = table(["STAGE", "TASKS", "STATUS", "REASON", "ATTEMPTS", "WALL", "SLOWEST"], rows, right=(1, 4, 5, 6))
     path = doc["critical_path"]
-    parts = [head, "", body, "", f"critical path: {' -> '.join(path['stages'])} ({duration(path['length'])})"]
+    parts = [head, "", body, "", f"critical path: {' -> '.join(path['stages'])} ({duration(path['length'])} of task time)"]
     for name, result in final_results(doc).items():
         parts += ["", f"{name} result:", result_text(result)]
     failures = failure_lines(doc)
