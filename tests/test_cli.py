@@ -330,7 +330,7 @@ def test_run_human_output_when_not_a_terminal(daemon, tmp_path):
     assert summary.split("\n", 1)[0].endswith("(7 tasks)") and " failed in " in summary
     assert re.search(r"^STAGE\s+TASKS\s+STATUS\s+REASON\s+ATTEMPTS\s+WALL\s+SLOWEST$", summary, re.MULTILINE)
     assert re.search(r"^left\s+2/2\s+completed\s+-\s+2\s+\d", summary, re.MULTILINE)
-    assert re.search(r"^join\s+0/1\s+failed\s+upstream_failed\s+0\s+-$", summary, re.MULTILINE)
+    assert re.search(r"^join\s+0/1\s+failed\s+upstream_failed\s+0\s+-\s+-$", summary, re.MULTILINE)
     assert re.search(r"^critical path: start -> \S+ .*\(\d+\.\d+s of task time\)$", summary, re.MULTILINE)
     assert re.search(r"^  diamond-\w+\.right: error: .*\| stderr: broken$", summary, re.MULTILINE)
 
