@@ -5,19 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-OPTION_FIELDS = (
-    "task_id",
-    "task_type",
-    "priority",
-    "dependencies",
-    "timeout",
-    "max_retries",
-    "retry_backoff",
-    "memory_limit_mb",
-    "workflow",
-    "cwd",
-    "env",
-)
+from pipeline_protocol.tasks import FIELDS
+
+# Every task field but what says what to run: those are the submit methods' own arguments.
+OPTION_FIELDS = tuple(sorted(FIELDS - {"function", "command", "args", "kwargs"}))
 
 
 def function_path(function: str | Callable[..., Any]) -> str:
