@@ -91,9 +91,10 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--roundtrips", type=int, default=1_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--volatile", action="store_true", help="run the daemon without its journal")
     args = ap.parse_args()
 
-    with BenchDaemon(args.workers) as d, Client(d.socket) as c:
+    with BenchDaemon(args.workers, ("--volatile",) if args.volatile else ()) as d, Client(d.socket) as c:
         pipelined_roundtrip(c, 50)  # warm up
         single = pipelined_single(c, args.tasks)
         batch = pipelined_batch(c, args.tasks)
@@ -111,7 +112,8 @@ def main() -> int:
         ("(c) round trip p99, us", f"{pct(rtt, 0.99) * 1e6:,.0f}", f"{pct(p_rtt, 0.99) * 1e6:,.0f}", ""),
         ("(d) timeout kill lateness max, ms", f"{max(late) * 1e3:.1f}", "no hard timeout", ""),
     ]
-    print(f"pipelined vs ProcessPoolExecutor({args.workers}), {args.tasks:,} no-op tasks, {args.roundtrips:,} round trips")
+    mode = "volatile" if args.volatile else "journal on"
+    print(f"pipelined ({mode}) vs ProcessPoolExecutor({args.workers}), {args.tasks:,} no-op tasks, {args.roundtrips:,} round trips")
     print(f"| {'workload':36} | {'pipelined':>10} | {'PPE':>16} | {'ratio':>12} |")
     print(f"|{'-' * 38}|{'-' * 12}|{'-' * 18}|{'-' * 14}|")
     for name, a, b, r in rows:
