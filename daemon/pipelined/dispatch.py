@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -39,6 +40,7 @@ log = logging.getLogger("pipelined")
 # Prefetch only behind tasks known to be short: a task queued behind a long one
 # would wait for it while another worker may go idle.
 PREFETCH_BEHIND_S = 0.005
+RESIGNAL_S = 0.05  # an unanswered skip is signalled again this often
 
 
 class WorkerTraffic:
@@ -122,6 +124,7 @@ class WorkerTraffic:
             self.next_memory_check = now + WATCH_S
 
     def _on_skipped(self, handle, task_id: Any, now: float, wall: float) -> None:
+        log.debug("task %s: worker %d dropped it (%s)", task_id, handle.pid, handle.skips.get(task_id))
         if task_id not in handle.reserved:
             return
         handle.reserved.remove(task_id)
@@ -207,10 +210,11 @@ class WorkerTraffic:
         if self.gate_hold is not None:
             return
         self.assign_idle_workers(now, wall)
-        if self.config.prefetch and sched.has_ready():
+        # top_priority() drops stale heap entries first: has_ready() may still see some.
+        if self.config.prefetch and sched.top_priority() is not None:
             self.preempt_reservations()
             self.prefetch(now, wall)
-        elif self.pool.idle and not sched.has_ready():
+        if sched.top_priority() is None and any(h.state == "idle" for h in self.pool.idle):
             if self.withdraw_stuck_reservations(now):
                 self.assign_idle_workers(now, wall)
         else:
@@ -274,9 +278,18 @@ class WorkerTraffic:
                 # Not overdue yet: look again then, the idle worker may still be idle.
                 self.withdraw_at = overdue_at if self.withdraw_at is None else min(self.withdraw_at, overdue_at)
                 continue
+            if handle.skips:
+                # Asked already and no answer yet: a signal can be missed (it may land
+                # while SIGUSR1 is blocked and find nothing yet), so ask again shortly.
+                again_at = handle.signalled_at + RESIGNAL_S
+                if now >= again_at:
+                    self._signal_skip(handle, now)
+                    again_at = now + RESIGNAL_S
+                self.withdraw_at = again_at if self.withdraw_at is None else min(self.withdraw_at, again_at)
             for task_id in handle.reserved:
                 task = self.store.get(task_id)
                 if task is not None and task.reserved_by == handle.pid and task_id not in handle.skips:
+                    log.debug("task %s: withdrawn from worker %d, stuck behind %s", task_id, handle.pid, current.task_id)
                     self._skip(handle, task_id, "withdrawn")
                     withdrawn = True
         return withdrawn
@@ -287,10 +300,14 @@ class WorkerTraffic:
         handle.skips[task_id] = why
         self._send_worker(handle, {"t": wm.SKIP, "id": task_id})
         if handle.task_id is not None:
-            try:
-                os.kill(handle.pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
+            self._signal_skip(handle, time.monotonic())
+
+    def _signal_skip(self, handle, now: float) -> None:
+        handle.signalled_at = now
+        try:
+            os.kill(handle.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
 
     def preempt_reservations(self) -> None:
         """Strict priority: a queued task that outranks a prefetched one takes its

@@ -38,7 +38,7 @@ PR_SET_CHILD_SUBREAPER = 36
 class WorkerHandle:
     """The supervisor's view of one worker process."""
 
-    __slots__ = ("slot", "pid", "ident", "state", "task_id", "attempt", "tasks_done", "started_at", "kill_reason", "reserved", "skips")
+    __slots__ = ("slot", "pid", "ident", "state", "task_id", "attempt", "tasks_done", "started_at", "kill_reason", "reserved", "skips", "signalled_at")
 
     def __init__(self, slot: int, pid: int):
         self.slot = slot
@@ -52,6 +52,7 @@ class WorkerHandle:
         self.kill_reason: str | None = None
         self.reserved: deque[str] = deque()  # prefetched task ids, sent but not started
         self.skips: dict[str, str] = {}  # reserved task id -> why we asked the worker to drop it
+        self.signalled_at = 0.0  # monotonic time of our last SIGUSR1 (skip) to it
 
     def info(self) -> dict:
         return {

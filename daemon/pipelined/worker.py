@@ -39,6 +39,8 @@ from . import titles
 
 PR_SET_PDEATHSIG = 1
 NOBLOCK = int(zmq.NOBLOCK)
+SIGNAL_GRACE_MS = 100  # how long a SIGUSR1 waits for the message it announces
+_USR1 = {signal.SIGUSR1}
 # Set in the environment of everything a task starts: when a descendant escapes
 # the worker's tree (double fork), the supervisor still knows whose it is.
 TASK_TAG = "PIPELINED_TASK_ID"
@@ -112,7 +114,10 @@ class _Inbox:
         loop is decided by who takes it out of `runs` first: exactly one does.
         """
         if self.interruptible:
-            self.gather()
+            # The signal can overtake the skip message it announces (ZeroMQ delivers
+            # through its I/O thread): give the message a moment to land.
+            if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
+                self.gather()
 
     def take(self, msg: dict) -> None:
         kind = msg.get("t")
@@ -126,14 +131,16 @@ class _Inbox:
         elif kind == wm.EXIT:
             self.exit = msg
 
-    def gather(self) -> None:
-        """Take whatever already arrived, without waiting."""
+    def gather(self) -> int:
+        """Take whatever already arrived, without waiting; returns how many messages."""
+        n = 0
         while True:
             try:
                 data = self.sock.recv(NOBLOCK)
             except zmq.Again:
-                return
+                return n
             self.take(decode(data))
+            n += 1
 
     def wait(self) -> None:
         self.take(decode(self.sock.recv()))
@@ -147,6 +154,7 @@ def _serve(slot: int, endpoint: str) -> None:
     sock.connect(endpoint)
     sock.send(encode({"t": wm.HELLO, "pid": os.getpid(), "slot": slot}))
     inbox = _Inbox(sock)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _USR1)
     signal.signal(signal.SIGUSR1, inbox.on_usr1)
     announced = False  # the supervisor already knows the head of inbox.runs started
     while True:
@@ -161,11 +169,15 @@ def _serve(slot: int, endpoint: str) -> None:
         titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
         if signal.getsignal(signal.SIGUSR1) != inbox.on_usr1:
             signal.signal(signal.SIGUSR1, inbox.on_usr1)  # a previous task took it over
+        inbox.gather()  # skips that arrived while we were busy with the socket
         inbox.interruptible = True
-        inbox.gather()  # a skip whose SIGUSR1 came while we were not interruptible
+        # SIGUSR1 stays blocked whenever we use the socket ourselves (a ZeroMQ socket
+        # is not reentrant): it is delivered here, pending or not, and during the task.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _USR1)
         try:
             reply = _execute(msg)
         finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _USR1)
             inbox.interruptible = False
         inbox.gather()
         nxt = inbox.runs[0] if inbox.runs else None
