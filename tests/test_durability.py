@@ -560,7 +560,8 @@ def test_corrupt_journal_refuses_to_start(make_daemon, kind):
     assert len(lines) == 1, out
     assert str(path) in lines[0]
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before, "the journal must not be touched"
-    assert sorted(p.name for p in path.parent.iterdir()) == siblings, "no new file next to the journal (no silent reset)"
+    # The state dir's lock file is the only newcomer allowed: no new journal (no silent reset).
+    assert sorted(p.name for p in path.parent.iterdir() if p.name != "pipelined.lock") == [n for n in siblings if n != "pipelined.lock"], "no new file next to the journal"
     assert not os.path.exists(d.socket)
 
 
@@ -820,3 +821,17 @@ def test_an_idle_worker_is_not_left_idle_behind_a_prefetched_task(make_daemon, t
     finally:
         gate.touch()
     assert not reply["timed_out"], f"stuck behind the running task: {reply['pending']}, workers {c.workers()}"
+
+
+def test_two_daemons_never_share_a_journal(make_daemon, tmp_path):
+    """Different runtime dirs, one state dir: the second daemon is refused (exit 2)
+    and the first keeps its journal to itself."""
+    first = make_daemon(workers=1)
+    second = make_daemon(workers=1, start=False)
+    second.state_dir = first.state_dir
+    tid = first.client.submit("tests.tasks:square", args=[3])
+    proc = subprocess.run(second.command(), cwd=second.base, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert str(first.state_dir) in proc.stderr and "already using the journal" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert first.client.result(tid, timeout=10) == 9

@@ -89,7 +89,7 @@ def prepare_runtime_dir(path: str, gid: int | None = None) -> tuple[str, int]:
     sock_path = socket_path_in(path)
     if len(sock_path.encode()) > 107:
         raise StartupError(f"socket path {sock_path} is longer than the 107 bytes a Unix socket allows; use a shorter --runtime-dir")
-    lock_fd = take_lock(path, sock_path)  # first: a live daemon's directory is left exactly as it is
+    lock_fd = take_lock(path, f"running on {sock_path}")  # first: a live daemon's directory is left exactly as it is
     try:
         _set_dir_access(path, gid)
         clear_stale_socket(sock_path)
@@ -108,8 +108,10 @@ def _set_dir_access(path: str, gid: int | None) -> None:
         raise StartupError(f"cannot set the mode or group of runtime dir {path}: {exc.strerror}") from None
 
 
-def take_lock(runtime_dir: str, sock_path: str) -> int:
-    lock_path = os.path.join(runtime_dir, LOCK_NAME)
+def take_lock(directory: str, busy: str) -> int:
+    """flock <directory>/pipelined.lock for the daemon's life; StartupError naming
+    the holder's pid when another daemon has it (`busy` says what it is doing)."""
+    lock_path = os.path.join(directory, LOCK_NAME)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     except OSError as exc:
@@ -121,7 +123,7 @@ def take_lock(runtime_dir: str, sock_path: str) -> int:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             who = f" (pid {holder})" if holder else ""
-            raise StartupError(f"another pipelined{who} is already running on {sock_path}") from None
+            raise StartupError(f"another pipelined{who} is already {busy}") from None
         raise StartupError(f"cannot lock {lock_path}: {exc.strerror}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -160,11 +162,14 @@ def clear_stale_socket(sock_path: str) -> None:
     raise StartupError(f"another pipelined is already running on {sock_path}")
 
 
-def prepare_state_dir(path: str) -> None:
+def prepare_state_dir(path: str, journal: bool) -> int | None:
+    """Create the state dir; with a journal, lock it too: two daemons (even on
+    different runtime dirs) must never share one journal. Returns the lock fd."""
     try:
         os.makedirs(path, mode=0o750, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"cannot create state dir {path}: {exc.strerror}") from None
+    return take_lock(path, f"using the journal in {path}") if journal else None
 
 
 def socket_gid(config: Config) -> int | None:
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
     try:
         _, lock_fd = prepare_runtime_dir(runtime_dir, gid)
-        prepare_state_dir(state_dir)
+        state_lock_fd = prepare_state_dir(state_dir, config.journal)
     except StartupError as exc:
         print(f"pipelined: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_supervisor(config, args, flags, runtime_dir, state_dir)
     finally:
         os.close(lock_fd)
+        if state_lock_fd is not None:
+            os.close(state_lock_fd)
 
 
 def run_supervisor(config: Config, args: argparse.Namespace, flags: dict, runtime_dir: str, state_dir: str) -> int:
