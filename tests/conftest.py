@@ -71,18 +71,20 @@ class Daemon:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
+    def wait_ready(self, timeout: float = 15.0, idle: bool = True) -> None:
+        """Until the pool is up: every worker idle, or (idle=False, after a restart that
+        may hand them restored tasks at once) merely there."""
         def ready():
             if self.proc.poll() is not None:
-                raise AssertionError(f"pipelined exited with {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(f"pipelined exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             if not os.path.exists(self.socket):
                 return False
             try:
                 with Client(self.socket, timeout=1.0) as c:
-                    c.ping()
-                    return len([w for w in c.workers() if w["state"] == "idle"]) >= (self.workers or 1)
+                    workers = c.workers()
             except PipelineError:
                 return False
+            return len([w for w in workers if w["state"] == "idle" or not idle]) >= (self.workers or 1)
 
         wait_for(ready, timeout, 0.02, "pipelined to be ready")
         self.remember_descendants()

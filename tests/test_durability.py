@@ -30,7 +30,7 @@ from typing import ClassVar
 import psutil
 import pytest
 from pipeline_client import Client, Ref
-from pipeline_client.errors import DaemonUnreachable, PipelineError, RequestError
+from pipeline_client.errors import DaemonUnreachable, RequestError
 from pipeline_protocol import decode, encode
 
 from .conftest import _alive, wait_for
@@ -89,20 +89,7 @@ def restart(d) -> None:
     """Start the daemon again on the same dirs. Unlike Daemon.start, do not wait for idle
     workers: the restored tasks may keep them busy at once."""
     d.start(wait=False)
-
-    def up():
-        if d.proc.poll() is not None:
-            raise AssertionError(f"pipelined exited with {d.proc.returncode} on restart:\n{d.log()[-3000:]}")
-        if not os.path.exists(d.socket):
-            return False
-        try:
-            with Client(d.socket, timeout=1.0) as c:
-                return len(c.workers()) >= (d.workers or 1)
-        except PipelineError:
-            return False
-
-    wait_for(up, 15, 0.02, "pipelined to restart")
-    d.remember_descendants()
+    d.wait_ready(idle=False)
 
 
 def assert_gone_within(procs: list[psutil.Process], t0: float, limit: float) -> None:
