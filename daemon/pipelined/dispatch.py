@@ -64,8 +64,7 @@ class WorkerTraffic:
                 kind = msg["t"]
             except (ValueError, KeyError, TypeError):
                 log.error("worker %d sent an undecodable message; killing it", handle.pid)
-                self._lose_worker_task(handle, "sent an undecodable message", now, wall)
-                self.pool.kill(handle, "protocol error")
+                self._kill_worker(handle, "protocol error", FailureReason.WORKER_LOST, now, wall)
                 continue
             if handle.state == "killed":
                 continue  # its last words; we already gave up on its tasks
@@ -152,11 +151,12 @@ class WorkerTraffic:
             log.warning("worker %d: cannot send (%s)", handle.pid, exc)
             return False
 
-    def _lose_worker_task(self, handle, why: str, now: float, wall: float) -> None:
-        """The worker is gone or going: its running task failed, its reservations go back."""
-        if handle.state == "busy" and handle.task_id is not None:
-            self.scheduler.lose(handle.task_id, FailureReason.WORKER_LOST, {"type": "WorkerLost", "message": f"worker {handle.pid} {why} while running the task", "traceback": None}, now, wall)
-        handle.task_id = None
+    def _release_worker(self, handle, reason: FailureReason, error: dict, now: float, wall: float) -> None:
+        """The worker is gone or going: its running task fails with `reason` (and is
+        retried as its budget allows), its reservations go back to the queue."""
+        task_id, handle.task_id = handle.task_id, None
+        if task_id is not None:
+            self.scheduler.lose(task_id, reason, error, now, wall)  # no-op if it already ended
         self._release_reserved(handle)
 
     def _release_reserved(self, handle) -> None:
@@ -169,12 +169,8 @@ class WorkerTraffic:
 
     def _kill_worker(self, handle, why: str, reason: FailureReason, now: float, wall: float, error: dict | None = None) -> None:
         """Kill the worker's tree; its running task fails with `reason`, reservations go back."""
-        task_id = handle.task_id if handle.state == "busy" else None
         self.pool.kill(handle, why)
-        if task_id is not None:
-            self.scheduler.lose(task_id, reason, error or {"type": "WorkerLost", "message": f"worker {handle.pid} killed ({why})", "traceback": None}, now, wall)
-        handle.task_id = None
-        self._release_reserved(handle)
+        self._release_worker(handle, reason, error or {"type": "WorkerLost", "message": f"worker {handle.pid} killed ({why})", "traceback": None}, now, wall)
 
     def reap_children(self, now: float, wall: float) -> None:
         self._child_exited = False
@@ -185,7 +181,8 @@ class WorkerTraffic:
             self.events.worker(handle.pid, handle.slot, "exited", f"{how} ({handle.kill_reason or handle.state})")
             if handle.state == "busy":
                 log.warning("worker %d (slot %d): %s while running task %s", handle.pid, handle.slot, how, handle.task_id)
-                self._lose_worker_task(handle, how, now, wall)
+                lost = {"type": "WorkerLost", "message": f"worker {handle.pid} {how} while running the task", "traceback": None}
+                self._release_worker(handle, FailureReason.WORKER_LOST, lost, now, wall)
             elif handle.state not in ("killed", "exiting"):
                 log.warning("worker %d (slot %d): %s while %s", handle.pid, handle.slot, how, handle.state)
             if not self.draining and not self.pool.surplus(handle):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from pipeline_protocol import END_STATES, TaskState, priority_label
+from pipeline_protocol import END_STATES, TaskState
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -50,7 +50,6 @@ class TaskMetrics:
         self._duration_children: dict[tuple[str, str], object] = {}
         self.live: dict[str, TaskState] = {}  # unfinished task id -> the state we last counted it in
         self.by_state_type: dict[tuple[TaskState, str], int] = {}  # unfinished tasks
-        self.queued_by_priority: dict[str, int] = dict.fromkeys(PRIORITIES, 0)
         self.attempts: dict[str, int] = {}  # task_type -> attempts started
         self.retries: dict[tuple[str, str], int] = {}  # (task_type, reason of the failed attempt) -> retries scheduled
         self.ended: dict[tuple[str, str, str], int] = {}  # (state, task_type, reason) -> tasks ended
@@ -74,14 +73,10 @@ class TaskMetrics:
         counts = self.by_state_type
         if old is not None:
             counts[(old, ttype)] -= 1
-            if old is TaskState.QUEUED:
-                self.queued_by_priority[priority_label(task.priority)] -= 1
-            elif old is TaskState.RUNNING:
+            if old is TaskState.RUNNING:
                 self._attempt_ended(task, new)
         if new is TaskState.RUNNING:
             self.attempts[ttype] = self.attempts.get(ttype, 0) + 1
-        elif new is TaskState.QUEUED:
-            self.queued_by_priority[priority_label(task.priority)] += 1
         if new in END_STATES:
             self.live.pop(task.task_id, None)
             key = (new.value, ttype, task.reason or "")
@@ -142,7 +137,7 @@ class SupervisorCollector(Collector):
         yield unfinished
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Queued (ready) tasks, by priority bucket (high >= 10, low <= -10)", labels=["priority"])
         for prio in PRIORITIES:
-            depth.add_metric([prio], t.queued_by_priority[prio])
+            depth.add_metric([prio], sched.queued_by_bucket[prio])
         yield depth
         ended = CounterMetricFamily(f"{PREFIX}_tasks_ended", "Tasks that ended since the daemon started, by final state, task type and failure reason",
                                     labels=["state", "task_type", "reason"])

@@ -58,6 +58,7 @@ class Scheduler:
         self.running: dict[str, Task] = {}
         self.running_by_type: dict[str, int] = {}
         self.counts: dict[TaskState, int] = {s: 0 for s in TaskState}
+        self.queued_by_bucket: dict[str, int] = {"high": 0, "medium": 0, "low": 0}  # kept per change: no scans
         self.ended: list[Task] = []  # ended since the owner last took them (take_ended)
         self.total_execution_s = 0.0
         self.on_change: Callable[[Task], None] | None = None  # event hook (watch, metrics)
@@ -137,6 +138,8 @@ class Scheduler:
         self.store.restore(tasks)
         for task in tasks:
             self.counts[task.state] += 1
+            if task.state is TaskState.QUEUED:
+                self.queued_by_bucket[task.bucket] += 1
         if tasks:
             self._seq = itertools.count(tasks[-1].seq + 1)
         summary = {"ended": 0, "requeued": 0, "interrupted": 0}
@@ -160,6 +163,10 @@ class Scheduler:
     def _set_state(self, task: Task, state: TaskState) -> None:
         self.counts[task.state] -= 1
         self.counts[state] += 1
+        if task.state is TaskState.QUEUED:
+            self.queued_by_bucket[task.bucket] -= 1
+        if state is TaskState.QUEUED:
+            self.queued_by_bucket[task.bucket] += 1
         task.state = state
         self.store.changed(task)
         if self.on_change is not None:
@@ -376,13 +383,8 @@ class Scheduler:
 
     # -- views ------------------------------------------------------------
     def queued_by_priority(self) -> dict[str, int]:
-        from pipeline_protocol import priority_label
-
-        counts = {"HIGH": 0, "MEDIUM": 0, "LOW": 0}
-        for task in self.store.values():
-            if task.state is TaskState.QUEUED:
-                counts[priority_label(task.priority).upper()] += 1
-        return counts
+        """The seed's queue counts: {"HIGH": n, "MEDIUM": n, "LOW": n}."""
+        return {bucket.upper(): n for bucket, n in self.queued_by_bucket.items()}
 
     def results_of(self, task: Task) -> dict[str, Any]:
         """Results of a task's dependencies, for Ref substitution at dispatch.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline_protocol import TaskState
+from pipeline_protocol import TaskState, priority_label
 
 
 class Task:
@@ -20,7 +20,7 @@ class Task:
         # progress
         "state", "seq", "attempt", "retry_count", "unmet", "result", "error", "reason",
         "submitted_at", "start_time", "end_time", "execution_time", "worker_pid",
-        "deadline", "hold", "pending_dependents", "reserved_by",
+        "deadline", "hold", "pending_dependents", "reserved_by", "bucket",
     )
 
     def __init__(self, spec: dict[str, Any], seq: int, now_wall: float):
@@ -33,6 +33,7 @@ class Task:
         self.args: list[Any] = spec["args"]
         self.kwargs: dict[str, Any] = spec["kwargs"]
         self.priority: int = spec["priority"]
+        self.bucket: str = priority_label(self.priority)  # high | medium | low, for queue counts
         self.dependencies: list[str] = spec["dependencies"]
         self.timeout_s: float = spec["timeout"]
         self.max_retries: int = spec["max_retries"]
