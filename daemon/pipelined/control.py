@@ -28,7 +28,7 @@ log = logging.getLogger("pipelined.control")
 
 MAX_REQUESTS_PER_PASS = 256  # keep the loop fair to workers under a flood of requests
 # Plain ints: pyzmq's constants are IntFlag enums, and enum arithmetic is slow on a hot path.
-EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+NOBLOCK = int(zmq.NOBLOCK)
 
 
 _socket_gid: int | None = None  # set once by main from `socket_group`, before the supervisor binds

@@ -326,9 +326,6 @@ class WorkerPool:
     def surplus(self, handle: WorkerHandle) -> bool:
         return handle.slot >= self.size
 
-    def busy_count(self) -> int:
-        return sum(1 for h in self.by_pid.values() if h.state == "busy")
-
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for h in self.by_pid.values():

@@ -91,7 +91,6 @@ class Scheduler:
 
         tasks = []
         for spec in normalized:
-            spec["has_refs"] = len(spec["dependencies"]) > 0 and _has_refs(spec)
             if spec["timeout"] is None:
                 spec["timeout"] = self.default_timeout_s
             if spec["max_retries"] is None:
@@ -402,12 +401,6 @@ class Scheduler:
 def _is_live(entry: tuple[float, int, int, Task]) -> bool:
     task = entry[3]
     return task.state is TaskState.RUNNING and task.attempt == entry[2]
-
-
-def _has_refs(spec: dict) -> bool:
-    from pipeline_protocol.codec import contains_ref
-
-    return contains_ref(spec["args"]) or contains_ref(spec["kwargs"])
 
 
 def _upstream_error(dep: Task) -> dict[str, Any]:

@@ -78,16 +78,6 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
         raise ValueError(f"not a valid msgpack message: {type(exc).__name__}: {exc}") from None
 
 
-def contains_ref(obj: Any) -> bool:
-    if isinstance(obj, Ref):
-        return True
-    if isinstance(obj, list):
-        return any(contains_ref(x) for x in obj)
-    if isinstance(obj, dict):
-        return any(contains_ref(v) for v in obj.values())
-    return False
-
-
 def find_refs(obj: Any, into: list[str]) -> list[str]:
     """Collect the task ids of every Ref inside args/kwargs (nested too)."""
     if isinstance(obj, Ref):

@@ -161,6 +161,7 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         "retry_backoff": _number(spec, "retry_backoff", tid, -1e-9, 3600.0),
         "memory_limit_mb": _number(spec, "memory_limit_mb", tid, 0, 1024.0 * 1024),
         "workflow": workflow,
+        "has_refs": bool(refs),  # Ref arguments to replace by upstream results at dispatch
     }
 
 
