@@ -92,6 +92,7 @@ class Supervisor(WorkerTraffic):
         self.dirty_since: float | None = None  # first uncommitted change (group commit)
         self.notify = Notifier()
         self.ready_sent = False
+        self._shown: tuple = ()  # the counts the title and STATUS= last showed
         self.typical_s: dict[str, float] = {}  # function/command -> moving average of its run time
         self.gate = ResourceGate(config.max_cpu_percent, config.max_memory_percent, config.min_free_memory_mb, config.enable_resource_scheduling)
         self.gate_hold: str | None = None  # why dispatch is waiting on the resource gate, if it is
@@ -300,6 +301,11 @@ class Supervisor(WorkerTraffic):
         return f"{self.pool.size} workers, {counts[TaskState.QUEUED]} queued, {counts[TaskState.RUNNING]} running"
 
     def show_title(self) -> None:
+        counts = self.scheduler.counts
+        key = (self.pool.size, counts[TaskState.QUEUED], counts[TaskState.RUNNING], counts[TaskState.COMPLETED], counts[TaskState.FAILED])
+        if key == self._shown:
+            return  # most passes change none of these: no strings built
+        self._shown = key
         line = self.status_line()
         titles.set_title(f"pipelined: supervisor [{line}]")
         if self.notify.enabled:
