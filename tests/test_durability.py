@@ -692,12 +692,13 @@ def test_schema_v1_journal_is_migrated(make_daemon, tmp_path):
 
     restart(d)
     c = d.client
-    assert read_journal(d, "PRAGMA user_version") == [(2,)]
+    assert read_journal(d, "PRAGMA user_version") == [(3,)]
     assert read_journal(d, "PRAGMA application_id") == [(0x70706C64,)]
-    columns = {r[1] for r in read_journal(d, "PRAGMA table_info(tasks)")}
-    assert {"worker_pid", "workflow"} <= columns
-    assert ("tasks_ended",) in read_journal(d, "SELECT name FROM sqlite_master WHERE type = 'index'")
-    assert "migrated to schema version 2" in d.log()
+    columns = {r[1]: r for r in read_journal(d, "PRAGMA table_info(tasks)")}
+    assert {"worker_pid", "workflow"} <= set(columns)
+    assert columns["seq"][5] == 1  # v3: seq is the rowid (the primary key)
+    assert read_journal(d, "SELECT name FROM sqlite_master WHERE type = 'index'") == []
+    assert "migrated to schema version 2" in d.log() and "migrated to schema version 3" in d.log()
     assert c.get("v1-done")["result"] == 42 and c.get("v1-done")["status"] == "completed"
     assert c.result("v1-queued", timeout=10) == 5
     assert c.result("v1-child", timeout=10) == 1 + 42 + 5

@@ -8,6 +8,7 @@ a request whose caller gave up waiting) are dropped.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -27,6 +28,8 @@ DEFAULT_TIMEOUT_S = 10.0  # how long a plain request may wait for its reply
 CHECK_EVERY_MS = 1000  # while a reply is slow, look this often whether the daemon is still there
 IDEMPOTENT_OPS = frozenset({"ping", "get", "list", "wait", "result", "status", "queue_status", "resource_status", "workers", "workflow_status"})
 _rids = itertools.count(1)
+RCVTIMEO = int(zmq.RCVTIMEO)  # plain ints: pyzmq's enum lookups cost more than the calls
+RCVMORE = int(zmq.RCVMORE)
 
 
 def encode_request(op: str, rid: int, fields: dict[str, Any]) -> bytes:
@@ -61,6 +64,7 @@ class Client:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._rcvtimeo = -1  # the socket's RCVTIMEO, cached: set only when it changes
         # Connection events tell a long wait that the daemon went away and came back.
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._connections = 0  # CONNECTED events seen so far
@@ -82,30 +86,44 @@ class Client:
         return self._count_connections() > sent_at_connection
 
     # -- plumbing ---------------------------------------------------------
-    def request(self, op: str, *, wait_s: float | None = None, **fields: Any) -> dict[str, Any]:
+    def request(self, op: str, *, wait_s: float | None = None, parks: bool = False, after_restart: tuple[str, dict] | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and return its ok reply; RequestError for an error reply.
 
         `wait_s` is how long the daemon may legitimately hold the reply (wait,
-        result); None means forever. The socket timeout is added on top.
+        result, or any request that `parks`); None means forever. The socket
+        timeout is added on top. If the daemon restarts meanwhile, idempotent
+        requests are sent again; others are replaced by `after_restart` (op,
+        fields), if given.
         """
         rid = next(_rids)
         data = encode_request(op, rid, fields)
-        self._sock.send(data)
+        sock = self._sock
+        sock.send(data)
         sent_at = self._connections  # events are read only when a reply is slow: no cost here
-        budget = None if (wait_s is None and op in ("wait", "result")) else (wait_s or 0) + self.timeout
+        budget = None if (wait_s is None and (parks or op in ("wait", "result"))) else (wait_s or 0) + self.timeout
         deadline = None if budget is None else time.monotonic() + budget
         while True:
             slice_ms = CHECK_EVERY_MS if deadline is None else max(0, min(CHECK_EVERY_MS, int((deadline - time.monotonic()) * 1000)))
-            if not self._sock.poll(slice_ms):
+            if slice_ms != self._rcvtimeo:  # a blocking recv with a timeout: cheaper than poll + recv
+                sock.setsockopt(RCVTIMEO, slice_ms)
+                self._rcvtimeo = slice_ms
+            try:
+                payload = sock.recv()
+                while sock.getsockopt(RCVMORE):
+                    payload = sock.recv()
+            except zmq.Again:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise DaemonUnreachable(self.socket_path, f"no reply to {op!r} within {budget:g}s")
-                if self._check_daemon(sent_at) and op in IDEMPOTENT_OPS:
-                    self._sock.send(data)  # the daemon restarted: our request died with the old one
+                    raise DaemonUnreachable(self.socket_path, f"no reply to {op!r} within {budget:g}s") from None
+                if self._check_daemon(sent_at):
+                    # The daemon restarted: our request died with the old one.
+                    if op not in IDEMPOTENT_OPS and after_restart is not None:
+                        op, data = after_restart[0], encode_request(after_restart[0], rid, after_restart[1])
+                    if op in IDEMPOTENT_OPS:
+                        sock.send(data)
                     sent_at = self._connections
                 continue
-            frames = self._sock.recv_multipart()
             try:
-                reply = decode(frames[-1])
+                reply = decode(payload)
             except ValueError as exc:
                 raise RequestError("invalid_reply", str(exc)) from None
             if isinstance(reply, dict) and reply.get("rid") not in (rid, None):
@@ -127,6 +145,25 @@ class Client:
     def submit(self, function: str | Callable[..., Any], args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any) -> str:
         """Submit a function task; returns its task id. Options are task fields."""
         return self.request("submit", task=function_task(function, args, kwargs, **options))["task_id"]
+
+    def call(self, function: str | Callable[..., Any], args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, *, wait_timeout: float | None = None, **options: Any) -> Any:
+        """Submit a function task and return its result, in one round trip.
+
+        The same as result(submit(...)), with one exchange fewer: the daemon
+        replies when the task ends. Raises TaskFailed if it failed, TimeoutError
+        if it is still going after `wait_timeout` seconds (it keeps running).
+        """
+        spec = function_task(function, args, kwargs, **options)
+        # Our own id, so that a wait cut short by a daemon restart can go on as `result`.
+        task_id = spec.setdefault("task_id", os.urandom(8).hex())
+        fields: dict[str, Any] = {"task": spec, "wait": True}
+        if wait_timeout is not None:
+            fields["wait_timeout"] = wait_timeout
+        again = ("result", {"task_id": task_id, "timeout": wait_timeout})
+        reply = self.request("submit", wait_s=wait_timeout, parks=True, after_restart=again, **fields)
+        if reply.get("timed_out"):
+            raise TimeoutError(f"task {task_id} did not end within {wait_timeout:g}s")
+        return raise_for_record(reply["task"])
 
     def submit_command(self, command: Sequence[str], cwd: str | None = None, env: dict[str, str] | None = None, **options: Any) -> str:
         """Submit a command (argv list) task; returns its task id."""

@@ -9,6 +9,7 @@ from pipeline_protocol.tasks import FIELDS
 
 # Every task field but what says what to run: those are the submit methods' own arguments.
 OPTION_FIELDS = tuple(sorted(FIELDS - {"function", "command", "args", "kwargs"}))
+_OPTIONS = frozenset(OPTION_FIELDS)
 
 
 def function_path(function: str | Callable[..., Any]) -> str:
@@ -26,7 +27,9 @@ def function_path(function: str | Callable[..., Any]) -> str:
 
 
 def _options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(options) - set(OPTION_FIELDS)
+    if not options:
+        return options
+    unknown = options.keys() - _OPTIONS
     if unknown:
         raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
     out = {k: v for k, v in options.items() if v is not None}

@@ -29,6 +29,9 @@ log = logging.getLogger("pipelined.control")
 MAX_REQUESTS_PER_PASS = 256  # keep the loop fair to workers under a flood of requests
 # Plain ints: pyzmq's constants are IntFlag enums, and enum arithmetic is slow on a hot path.
 NOBLOCK = int(zmq.NOBLOCK)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+RCVMORE = int(zmq.RCVMORE)
 
 
 _socket_gid: int | None = None  # set once by main from `socket_group`, before the supervisor binds
@@ -72,11 +75,10 @@ def split_frames(frames: list[bytes]) -> tuple[list[bytes], bytes | None]:
     return [frames[0], b""], None
 
 
-def handle_frames(sup: Supervisor, frames: list[bytes]) -> dict[str, Any] | None:
+def handle_payload(sup: Supervisor, envelope: list[bytes], payload: bytes | None, n_frames: int) -> dict[str, Any] | None:
     """Serve one request; returns the reply to send, or None when it was parked."""
-    envelope, payload = split_frames(frames)
     if payload is None:
-        return error(ErrorCode.INVALID_REQUEST, f"expected one payload frame after the envelope, got {len(frames) - 1} frames")
+        return error(ErrorCode.INVALID_REQUEST, f"expected one payload frame after the envelope, got {n_frames - 1} frames")
     rid = None
     try:
         req = decode(payload)
@@ -127,17 +129,14 @@ def serve_pending(sup: Supervisor, sock: zmq.Socket, outbox: list) -> int:
     hears "accepted" for a task that is not on disk yet.
     """
     served = 0
-    while served < MAX_REQUESTS_PER_PASS:
-        # Plain recvs, one zmq.Again at the end: cheaper than an EVENTS check per
-        # request plus recv_multipart (both allocate enums in pyzmq).
-        try:
-            frames = [sock.recv(NOBLOCK)]
-        except zmq.Again:
-            break
-        while sock.rcvmore:
-            frames.append(sock.recv(NOBLOCK))
+    recv, getsockopt = sock.recv, sock.getsockopt
+    while served < MAX_REQUESTS_PER_PASS and getsockopt(EVENTS) & POLLIN:
+        frames = [recv(NOBLOCK)]
+        while getsockopt(RCVMORE):
+            frames.append(recv(NOBLOCK))
         served += 1
-        reply = handle_frames(sup, frames)
+        envelope, payload = split_frames(frames)
+        reply = handle_payload(sup, envelope, payload, len(frames))
         if reply is not None:
-            outbox.append((split_frames(frames)[0], reply))
+            outbox.append((envelope, reply))
     return served

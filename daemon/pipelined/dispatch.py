@@ -1,16 +1,22 @@
 """WorkerTraffic: the half of the supervisor that deals with workers.
 
-    dispatch ──run──► worker        (queued task -> idle worker; prefetch to a busy one)
-    worker ──done / start / skipped──► handle_worker_messages -> scheduler
+    dispatch ──run {items}──► worker   (queued tasks -> idle worker; prefetch to a busy one)
+    worker ──done {items} / start / skipped──► handle_worker_messages -> scheduler
     deadlines, memory limits, cancels ──► _kill_worker (whole tree) -> scheduler.lose
     SIGCHLD ──► reap_children -> worker_lost for a busy one, a fresh fork in its slot
 
 A mixin of Supervisor (same state, same loop); kept apart so that each file
-holds one concern. Prefetch in short: a busy worker whose current task is known
-to be short gets its next task early (run flagged p) and announces when it really
-starts it (done.next or start), so deadlines count from the real start; a
-reservation can be asked back (skip + SIGUSR1) and the worker's answer decides,
-atomically, whether it was dropped or started.
+holds one concern.
+
+Prefetch, and why: every message between two processes costs a wake-up of
+ZeroMQ's I/O threads on both sides, which on a small machine costs more than a
+short task itself. So a worker running short tasks is kept a couple of
+milliseconds of work ahead: a run message carries several tasks, and the
+worker sends their ends back in batches (worker_messages). Tasks handed out
+early stay `queued` ("reserved") until the worker reports their real start, so
+deadlines count from the real start. A reservation can be asked back (skip +
+SIGUSR1); the worker's answer decides, atomically, whether it was dropped or
+started, so a task never runs twice.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import zmq
 
 from pipeline_protocol import FailureReason, TaskState, decode, encode
 from pipeline_protocol import worker_messages as wm
-from pipeline_protocol.codec import substitute_refs
+from pipeline_protocol.codec import encode_with_items, substitute_refs
 
 from .control import NOBLOCK
 from .gates import WATCH_S, tree_rss_mb
@@ -37,26 +43,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipelined")
 
-# Prefetch only behind tasks known to be short: a task queued behind a long one
-# would wait for it while another worker may go idle.
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+RCVMORE = int(zmq.RCVMORE)
+# Tasks go behind another only when it is known to take under PREFETCH_BEHIND_S:
+# a task queued behind a long one would wait for it while another worker may go idle.
 PREFETCH_BEHIND_S = 0.005
+PREFETCH_WINDOW_S = 0.002  # how much known work a worker is given ahead of it, at least
+PREFETCH_WINDOW_MAX_S = 0.05  # ... and at most, when our own passes run long (big batches)
+PREFETCH_MAX = 256  # tasks reserved for one worker, at most
+PREFETCH_MIN_COST_S = 0.00005  # what a task costs at least, overheads included
+PREFETCH_MIN_TIMEOUT_S = 1.0  # shorter timeouts are never reserved (their deadlines must be exact)
+POKE_S = 0.02  # a worker silent this long while it holds reservations is asked to report
 RESIGNAL_S = 0.05  # an unanswered skip is signalled again this often
 
 
 class WorkerTraffic:
     def handle_worker_messages(self, now: float, wall: float) -> None:
-        recv = self.workers_sock.recv
-        while True:
-            # Two plain recvs and one zmq.Again at the end: cheaper than recv_multipart
-            # and an EVENTS check per message (both allocate enums in pyzmq).
-            try:
-                ident = recv(NOBLOCK)
-            except zmq.Again:
-                return
-            frames = [ident]
-            while self.workers_sock.rcvmore:
+        sock = self.workers_sock
+        recv, getsockopt = sock.recv, sock.getsockopt
+        by_ident = self.pool.by_ident
+        while getsockopt(EVENTS) & POLLIN:
+            frames = [recv(NOBLOCK)]
+            while getsockopt(RCVMORE):
                 frames.append(recv(NOBLOCK))
-            handle = self.pool.by_ident.get(frames[0])
+            handle = by_ident.get(frames[0])
             if handle is None or len(frames) != 2:
                 continue  # a worker already reaped, or not one of ours
             try:
@@ -68,45 +79,62 @@ class WorkerTraffic:
                 continue
             if handle.state == "killed":
                 continue  # its last words; we already gave up on its tasks
-            if kind == wm.DONE:
-                self._on_done(handle, msg, now, wall)
-            elif kind == wm.START:
-                self._start_reserved(handle, msg.get("id"), now, wall)
-            elif kind == wm.SKIPPED:
-                self._on_skipped(handle, msg.get("id"), now, wall)
-            elif kind == wm.HELLO and handle.state == "starting":
-                self.pool.ready(handle)
-                self.events.worker(handle.pid, handle.slot, "started")
-                if not self.ready_sent and len(self.pool.idle) >= self.pool.size:
-                    self.ready_sent = True
-                    self.notify.ready(self.status_line())
-            elif kind == wm.BYE:
-                handle.state = "exiting"
+            handle.heard_at = now
+            try:
+                if kind == wm.DONE:
+                    self._on_done(handle, msg, now, wall)
+                elif kind == wm.START:
+                    self._start_reserved(handle, msg["id"], msg.get("s"), now, wall)
+                elif kind == wm.SKIPPED:
+                    self._on_skipped(handle, msg["ids"])
+                elif kind == wm.HELLO and handle.state == "starting":
+                    self.pool.ready(handle)
+                    self.events.worker(handle.pid, handle.slot, "started")
+                    if not self.ready_sent and len(self.pool.idle) >= self.pool.size:
+                        self.ready_sent = True
+                        self.notify.ready(self.status_line())
+                elif kind == wm.BYE:
+                    handle.state = "exiting"
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("worker %d sent a malformed %r message (%s); killing it", handle.pid, kind, exc)
+                self._kill_worker(handle, "protocol error", FailureReason.WORKER_LOST, now, wall)
 
     def _on_done(self, handle, msg: dict, now: float, wall: float) -> None:
-        if handle.state != "busy" or handle.task_id != msg.get("id"):
-            return  # we gave up on that attempt already (timeout, cancel)
-        exec_s = float(msg.get("exec_s") or 0.0)
-        task = self.scheduler.finish(msg["id"], msg["a"], msg.get("result"), msg.get("error"), exec_s, now, wall)
-        if task is not None:
-            label = task.function or task.command[0]
-            prev = self.typical_s.get(label)
-            self.typical_s[label] = exec_s if prev is None else prev + 0.2 * (exec_s - prev)
-        handle.tasks_done += 1
-        handle.task_id = None
-        if task is not None and task.state is TaskState.FAILED:
-            log.info("task %s: failed (%s)", task.task_id, (task.error or {}).get("type"))
+        """Ends of tasks, in the order the worker ran them. An item may end a
+        reserved task whose start was not reported yet: it started at item["s"]."""
+        finish, typical = self.scheduler.finish, self.typical_s
+        for item in msg["items"]:
+            tid = item["id"]
+            if handle.task_id is None and handle.reserved and handle.reserved[0] == tid:
+                if not self._start_reserved(handle, tid, item.get("s"), now, wall):
+                    return
+            if handle.state != "busy" or handle.task_id != tid:
+                continue  # we gave up on that attempt already (timeout, cancel)
+            exec_s = float(item.get("exec_s") or 0.0)
+            # Ends may be reported late (batched): record when the task really ended.
+            started = item.get("s")
+            ended = min(now, started + exec_s) if isinstance(started, float) else now
+            task = finish(tid, item["a"], item.get("result"), item.get("error"), exec_s, ended, wall - (now - ended))
+            if task is not None:
+                label = task.function or task.command[0]
+                prev = typical.get(label)
+                typical[label] = exec_s if prev is None else prev + 0.2 * (exec_s - prev)
+                if task.state is TaskState.FAILED:
+                    log.info("task %s: failed (%s)", tid, (task.error or {}).get("type"))
+            handle.tasks_done += 1
+            handle.task_id = None
         if msg.get("next") is not None:
-            self._start_reserved(handle, msg["next"], now, wall)
-        elif not handle.reserved:
+            self._start_reserved(handle, msg["next"], msg.get("ns"), now, wall)
+        elif handle.task_id is None and not handle.reserved and handle.state == "busy":
             self._worker_free(handle)
 
-    def _start_reserved(self, handle, task_id: Any, now: float, wall: float) -> None:
-        """The worker started the prefetched task at the head of its reservations."""
-        if not handle.reserved or handle.reserved[0] != task_id:
+    def _start_reserved(self, handle, task_id: Any, started: float | None, now: float, wall: float) -> bool:
+        """The worker started the prefetched task at the head of its reservations,
+        at `started` (monotonic, reported by the worker). False if it was killed."""
+        if not handle.reserved or handle.reserved[0] != task_id or handle.task_id is not None:
             log.error("worker %d started %r, which it was not given next; killing it", handle.pid, task_id)
             self._kill_worker(handle, "protocol error", FailureReason.WORKER_LOST, now, wall)
-            return
+            return False
         handle.reserved.popleft()
         why = handle.skips.pop(task_id, None)
         task = self.store.get(task_id)
@@ -114,24 +142,28 @@ class WorkerTraffic:
             # Cancelled while the run was in flight: it must not go on running.
             handle.state, handle.task_id = "busy", None
             self._kill_worker(handle, f"stale start of task {task_id}", FailureReason.WORKER_LOST, now, wall)
-            return
+            return False
         if why is not None:
             log.debug("task %s: started before the worker saw the skip (%s)", task_id, why)
-        self.scheduler.start_reserved(task, now, wall)
+        # The same clock in every process; never trust a start in the future.
+        started = now if not isinstance(started, float) or started > now else started
+        self.scheduler.start_reserved(task, started, wall - (now - started))
         handle.state, handle.task_id = "busy", task_id
         if task.memory_limit_mb is not None and self.next_memory_check is None:
             self.next_memory_check = now + WATCH_S
+        return True
 
-    def _on_skipped(self, handle, task_id: Any, now: float, wall: float) -> None:
-        log.debug("task %s: worker %d dropped it (%s)", task_id, handle.pid, handle.skips.get(task_id))
-        if task_id not in handle.reserved:
-            return
-        handle.reserved.remove(task_id)
-        handle.skips.pop(task_id, None)
-        task = self.store.get(task_id)
-        if task is not None and task.reserved_by == handle.pid:
-            self.scheduler.unreserve(task)  # not when cancelled, or withdrawn already
-        if handle.task_id is None and not handle.reserved:
+    def _on_skipped(self, handle, task_ids: list) -> None:
+        for task_id in task_ids:
+            log.debug("task %s: worker %d dropped it (%s)", task_id, handle.pid, handle.skips.get(task_id))
+            if task_id not in handle.reserved:
+                continue
+            handle.reserved.remove(task_id)
+            handle.skips.pop(task_id, None)
+            task = self.store.get(task_id)
+            if task is not None and task.reserved_by == handle.pid:
+                self.scheduler.unreserve(task)  # not when cancelled, or withdrawn already
+        if handle.task_id is None and not handle.reserved and handle.state == "busy":
             self._worker_free(handle)
 
     def _worker_free(self, handle) -> None:
@@ -210,7 +242,7 @@ class WorkerTraffic:
         # top_priority() drops stale heap entries first: has_ready() may still see some.
         if self.config.prefetch and sched.top_priority() is not None:
             self.preempt_reservations()
-            self.prefetch(now, wall)
+            self.prefetch(now)
         if sched.top_priority() is None and any(h.state == "idle" for h in self.pool.idle):
             if self.withdraw_stuck_reservations(now):
                 self.assign_idle_workers(now, wall)
@@ -218,6 +250,8 @@ class WorkerTraffic:
             self.withdraw_at = None
 
     def assign_idle_workers(self, now: float, wall: float) -> None:
+        """Start a queued task on each idle worker; behind a task known to be
+        short, the same message carries the worker's next tasks (prefetch)."""
         sched, limit = self.scheduler, self.config.concurrency
         while sched.has_ready() and len(sched.running) < limit:
             handle = self.pool.take_idle()
@@ -232,16 +266,102 @@ class WorkerTraffic:
             if task.memory_limit_mb is not None and self.next_memory_check is None:
                 self.next_memory_check = now + WATCH_S
             try:
-                data = encode(self._run_message(task, attempt))
+                items = [encode(self._run_item(task, attempt))]
             except (TypeError, ValueError, KeyError) as exc:
                 handle.state, handle.task_id = "idle", None
                 self.pool.idle.appendleft(handle)
                 sched.finish(task.task_id, attempt, None, {"type": "DispatchError", "message": f"cannot build the task's arguments: {exc}", "traceback": None}, 0.0, now, wall)
                 continue
+            if self.config.prefetch and self._known_short(task):
+                self._reserve_for(handle, items, now)
             try:
-                self.workers_sock.send_multipart([handle.ident, data], NOBLOCK)
+                self.workers_sock.send_multipart([handle.ident, encode_with_items({"t": wm.RUN}, items)], NOBLOCK)
             except zmq.ZMQError as exc:  # the worker vanished between hello and now
                 self._kill_worker(handle, f"unreachable ({exc})", FailureReason.WORKER_LOST, now, wall)
+
+    def prefetch(self, now: float) -> None:
+        """Keep each busy worker a little ahead: when its reservations run low,
+        send it more, so it starts the next task the moment the current one ends
+        instead of waiting a round trip for us.
+
+        Only behind a task known to be short that has not run long; only tasks
+        of types without a concurrency limit; never past max_tasks_per_worker.
+        Higher-priority arrivals displace reserved tasks (preempt_reservations)."""
+        for handle in self.pool.by_pid.values():
+            if handle.state != "busy" or handle.skips or len(handle.reserved) > handle.depth // 2 or self.pool.surplus(handle):
+                continue
+            # What it runs: its current task, or the reserved one it started without telling us yet.
+            tid = handle.task_id if handle.task_id is not None else (handle.reserved[0] if handle.reserved else None)
+            current = self.store.get(tid) if tid is not None else None
+            if current is None or not self._known_short(current):
+                continue
+            if handle.task_id is not None and now - current.deadline + current.timeout_s > PREFETCH_BEHIND_S:
+                continue  # already running long
+            items: list[bytes] = []
+            self._reserve_for(handle, items, now)
+            if items:
+                try:
+                    self.workers_sock.send_multipart([handle.ident, encode_with_items({"t": wm.RUN}, items)], NOBLOCK)
+                except zmq.ZMQError:
+                    self._release_reserved_tail(handle, len(items))  # dispatch proper will deal with the worker
+            if not self.scheduler.has_ready():
+                return
+
+    def _reserve_for(self, handle, items: list[bytes], now: float) -> None:
+        """Reserve queued tasks for `handle`, about PREFETCH_WINDOW_S of known
+        work, and append their run items to `items`."""
+        sched = self.scheduler
+        if handle.reserved:
+            last = self.store.get(handle.reserved[-1])
+            if last is None or not self._known_short(last):
+                return  # nothing goes behind a task that is not known to be short
+        room = PREFETCH_MAX - len(handle.reserved)
+        limit = self.config.max_tasks_per_worker
+        if limit:
+            room = min(room, limit - handle.tasks_done - 1 - len(handle.reserved))
+        # Enough work to last the worker through our longest recent pass: while we
+        # validate a batch of thousands, nobody refills it.
+        budget = min(PREFETCH_WINDOW_MAX_S, max(PREFETCH_WINDOW_S, 1.5 * self.long_pass_s))
+        added = 0
+        while room > 0 and budget > 0 and sched.has_ready():
+            task = sched.next_ready()
+            if task is None:
+                break
+            if task.task_type in sched.type_limits or task.timeout_s < PREFETCH_MIN_TIMEOUT_S:
+                sched.requeue(task)
+                break
+            attempt = sched.reserve(task, handle.pid)
+            try:
+                items.append(encode(self._run_item(task, attempt, prefetched=True)))
+            except (TypeError, ValueError, KeyError):
+                sched.unreserve(task)  # dispatch proper will fail it with the reason
+                break
+            if not handle.reserved:
+                handle.floor = task.priority
+            else:
+                handle.floor = min(handle.floor, task.priority)
+            handle.reserved.append(task.task_id)
+            room -= 1
+            added += 1
+            typical = self.typical_s.get(task.function or task.command[0])
+            if typical is None or typical > PREFETCH_BEHIND_S:
+                break  # nothing goes behind a task that is not known to be short
+            budget -= max(typical, PREFETCH_MIN_COST_S)
+        if added:
+            handle.depth = len(handle.reserved)
+            if self.poke_at is None:
+                self.poke_at = now + POKE_S
+
+    def _release_reserved_tail(self, handle, n: int) -> None:
+        """Reservations that never left (a failed send) go back to the queue."""
+        for _ in range(n):
+            task = self.store.get(handle.reserved.pop())
+            if task is not None:
+                self.scheduler.unreserve(task)
+
+    def _known_short(self, task: Task) -> bool:
+        typical = self.typical_s.get(task.function or task.command[0])
+        return typical is not None and typical <= PREFETCH_BEHIND_S and task.timeout_s >= PREFETCH_MIN_TIMEOUT_S
 
     def watch_memory(self, now: float, wall: float) -> None:
         """Kill the tree of any running task over its memory_limit_mb."""
@@ -259,11 +379,11 @@ class WorkerTraffic:
         self.next_memory_check = now + WATCH_S if watched else None
 
     def withdraw_stuck_reservations(self, now: float) -> bool:
-        """A worker is idle while a prefetched task waits behind a task that runs
-        longer than usual: ask for the prefetched task back. The busy worker
-        answers at once (skip + SIGUSR1, see _skip): either it drops the task
-        ("skipped": it is queued again and goes to the idle worker) or it has
-        just started it. Never both, so a task never runs twice."""
+        """A worker is idle while reserved tasks wait behind a task that runs
+        longer than usual: ask for them back. The busy worker answers at once
+        (skip + SIGUSR1, see _skip): it drops each one that has not started
+        ("skipped": it is queued again and goes to the idle worker) or has just
+        started it. Never both, so a task never runs twice."""
         withdrawn = False
         self.withdraw_at = None
         for handle in self.pool.by_pid.values():
@@ -277,88 +397,75 @@ class WorkerTraffic:
                 continue
             if handle.skips:
                 # Asked already and no answer yet: a signal can be missed (it may land
-                # while SIGUSR1 is blocked and find nothing yet), so ask again shortly.
+                # before the worker can answer and find nothing yet), so ask again shortly.
                 again_at = handle.signalled_at + RESIGNAL_S
                 if now >= again_at:
-                    self._signal_skip(handle, now)
+                    self._signal(handle, now)
                     again_at = now + RESIGNAL_S
                 self.withdraw_at = again_at if self.withdraw_at is None else min(self.withdraw_at, again_at)
-            for task_id in handle.reserved:
-                task = self.store.get(task_id)
-                if task is not None and task.reserved_by == handle.pid and task_id not in handle.skips:
-                    log.debug("task %s: withdrawn from worker %d, stuck behind %s", task_id, handle.pid, current.task_id)
-                    self._skip(handle, task_id, "withdrawn")
-                    withdrawn = True
+            ids = [tid for tid in handle.reserved if tid not in handle.skips and self._reserved_here(handle, tid)]
+            if ids:
+                log.debug("tasks %s: withdrawn from worker %d, stuck behind %s", ids, handle.pid, current.task_id)
+                self._skip(handle, ids, "withdrawn")
+                withdrawn = True
         return withdrawn
 
-    def _skip(self, handle, task_id: str, why: str) -> None:
-        """Ask a worker to drop a prefetched task. SIGUSR1 makes a busy worker
-        answer now, from between the bytecodes of the task it runs."""
-        handle.skips[task_id] = why
-        self._send_worker(handle, {"t": wm.SKIP, "id": task_id})
-        if handle.task_id is not None:
-            self._signal_skip(handle, time.monotonic())
+    def _reserved_here(self, handle, task_id: str) -> bool:
+        task = self.store.get(task_id)
+        return task is not None and task.reserved_by == handle.pid
 
-    def _signal_skip(self, handle, now: float) -> None:
+    def _skip(self, handle, task_ids: list[str], why: str) -> None:
+        """Ask a worker to drop prefetched tasks. SIGUSR1 makes a busy worker
+        answer now, from between the bytecodes of the task it runs."""
+        for task_id in task_ids:
+            handle.skips[task_id] = why
+        self._send_worker(handle, {"t": wm.SKIP, "ids": task_ids})
+        self._signal(handle, time.monotonic())
+
+    def _signal(self, handle, now: float) -> None:
         handle.signalled_at = now
         try:
             os.kill(handle.pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass
 
+    def poke_silent_workers(self, now: float) -> None:
+        """A worker holding reservations reports at least every HOLD_S while its
+        tasks are short. Silence means a task runs long: ask it to report the
+        ends it holds and what it runs now (flush + SIGUSR1), so results are not
+        held back and deadlines count from the real start."""
+        self.poke_at = None
+        for handle in self.pool.by_pid.values():
+            if not handle.reserved or handle.state != "busy":
+                continue
+            due = max(handle.heard_at, handle.signalled_at) + POKE_S
+            if now >= due:
+                self._send_worker(handle, {"t": wm.FLUSH})
+                self._signal(handle, now)
+                due = now + POKE_S
+            self.poke_at = due if self.poke_at is None else min(self.poke_at, due)
+
     def preempt_reservations(self) -> None:
-        """Strict priority: a queued task that outranks a prefetched one takes its
-        place. The worker is asked to drop the prefetched task; if it already
+        """Strict priority: a queued task that outranks a reserved one takes its
+        place. The worker is asked to drop the reserved task; if it already
         started it, it simply runs (it was next anyway)."""
         top = self.scheduler.top_priority()
         if top is None:
             return
         for handle in self.pool.by_pid.values():
+            if not handle.reserved or handle.floor >= top:
+                continue  # nothing reserved here ranks below the queue's best
+            ids = []
             for task_id in handle.reserved:
                 task = self.store.get(task_id)
                 if task is not None and task.priority < top and task_id not in handle.skips:
-                    self._skip(handle, task_id, "preempted")
+                    ids.append(task_id)
+            if ids:
+                self._skip(handle, ids, "preempted")
+            handle.floor = top  # what stays outranks nothing queued now
 
-    def prefetch(self, now: float, wall: float) -> None:
-        """Give a busy worker its next task now, so it starts the moment the
-        current one ends instead of waiting a round trip for us.
-
-        Only behind a task whose function usually takes under PREFETCH_BEHIND_S
-        and has not run longer than that (a prefetched task cannot be taken back
-        from a worker stuck in user code); only tasks of types without a
-        concurrency limit; at most one per worker. Higher-priority arrivals
-        displace prefetched tasks (preempt_reservations)."""
-        sched = self.scheduler
-        limit = self.config.max_tasks_per_worker
-        for handle in self.pool.by_pid.values():
-            if handle.state != "busy" or handle.task_id is None or handle.reserved or handle.skips or self.pool.surplus(handle):
-                continue
-            if limit and handle.tasks_done + 2 > limit:
-                continue
-            current = self.store.get(handle.task_id)
-            typical = self.typical_s.get(current.function or current.command[0]) if current is not None else None
-            if typical is None or typical > PREFETCH_BEHIND_S or now - current.deadline + current.timeout_s > PREFETCH_BEHIND_S:
-                continue  # not known to be short, or already running long
-            task = sched.next_ready()
-            if task is None:
-                return
-            if task.task_type in sched.type_limits:
-                sched.requeue(task)
-                return
-            attempt = sched.reserve(task, handle.pid)
-            try:
-                msg = self._run_message(task, attempt)
-                msg["p"] = True
-                self.workers_sock.send_multipart([handle.ident, encode(msg)], NOBLOCK)
-            except (TypeError, ValueError, KeyError, zmq.ZMQError):
-                sched.unreserve(task)  # dispatch proper will deal with it (or its worker)
-                return
-            handle.reserved.append(task.task_id)
-            if not sched.has_ready():
-                return
-
-    def _run_message(self, task: Task, attempt: int) -> dict[str, Any]:
-        msg: dict[str, Any] = {"t": wm.RUN, "id": task.task_id, "a": attempt}
+    def _run_item(self, task: Task, attempt: int, prefetched: bool = False) -> dict[str, Any]:
+        msg: dict[str, Any] = {"id": task.task_id, "a": attempt}
         if task.function is not None:
             msg["f"] = task.function
             if task.has_refs:
@@ -373,4 +480,6 @@ class WorkerTraffic:
             msg["cwd"] = task.cwd
         if task.env is not None:
             msg["env"] = task.env
+        if prefetched:
+            msg["p"] = True
         return msg

@@ -38,10 +38,10 @@ def _field(req: dict, name: str, kinds: type | tuple[type, ...], *, required: bo
     return value
 
 
-def _timeout(req: dict) -> float | None:
-    value = _field(req, "timeout", (int, float))
+def _timeout(req: dict, name: str = "timeout") -> float | None:
+    value = _field(req, name, (int, float))
     if value is not None and not 0 <= value <= 365 * 86400:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"timeout must be 0..{365 * 86400} seconds", {"field": "timeout"})
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"{name} must be 0..{365 * 86400} seconds", {"field": name})
     return value
 
 
@@ -77,8 +77,21 @@ def op_submit(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "'tasks' must be a list of task maps", {"field": "tasks"})
     if sup.last_frame_bytes > MAX_PAYLOAD_BYTES:
         _check_payload_sizes(specs)
+    wait = _field(req, "wait", bool, default=False)
+    if wait and batch is not None:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "submit: wait applies to one task ('task'), not a batch", {"field": "wait"})
+    wait_timeout = _timeout(req, "wait_timeout") if wait else None
     sup.policy.check(specs)
     ids = sup.scheduler.submit(specs, time.monotonic(), time.time())
+    if wait:
+        # Submit and wait in one round trip: the reply comes when the task ends
+        # (a `result` reply), so a caller that wants the result pays one exchange.
+        task = sup.store.get(ids[0])
+        if task.state in END_STATES or wait_timeout == 0:
+            return result_reply(sup, ids[0])
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+        sup.waiters.park(Waiter(envelope, req.get("rid"), "result", [ids[0]], {ids[0]}, False, deadline))
+        return DEFERRED
     return {"task_id": ids[0]} if batch is None else {"task_ids": ids}
 
 
@@ -165,7 +178,7 @@ def op_result(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict | None:
 
 def result_reply(sup: Supervisor, task_id: str) -> dict:
     task = sup.store.get(task_id)
-    return {"task": task.record(), "timed_out": task.state not in END_STATES}
+    return {"task_id": task_id, "task": task.record(), "timed_out": task.state not in END_STATES}
 
 
 def op_cancel(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:

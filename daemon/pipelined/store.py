@@ -72,7 +72,7 @@ class TaskStore:
 
     def prune(self, ended_before: float) -> list[str]:
         """Forget ended tasks whose end_time is older than `ended_before` (epoch s)."""
-        gone = []
+        gone: list[Task] = []
         due, self._kept = self._kept, []
         while self._end_order and self._end_order[0][0] < ended_before:
             due.append(self._end_order.popleft())
@@ -92,11 +92,11 @@ class TaskStore:
                     members.pop(task_id, None)
                     if not members:
                         del self._by_workflow[task.workflow]
-            gone.append(task_id)
+            gone.append(task)
         self._forget(gone)
-        return gone
+        return [t.task_id for t in gone]
 
-    def _forget(self, task_ids: list[str]) -> None:
+    def _forget(self, tasks: list[Task]) -> None:
         """Remove pruned tasks from durable storage (nothing to do in memory)."""
 
     def dirty_count(self) -> int:

@@ -53,6 +53,8 @@ log = logging.getLogger("pipelined")
 WORKER_SOCKET = "workers.sock"
 COMMIT_DELAY_S = 0.005  # how long a state change may wait for company before it is written
 COMMIT_BATCH = 2000
+LONG_PASS_MEMORY_S = 1.0
+TITLE_EVERY_S = 0.1  # process title and STATUS= are for people: ten updates a second is plenty
 MAX_FAILED_PASSES = 50
 RESTART_KEYS = frozenset({"http", "socket_group", "journal", "journal_sync"})  # fixed at start
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -93,10 +95,15 @@ class Supervisor(WorkerTraffic):
         self.notify = Notifier()
         self.ready_sent = False
         self._shown: tuple = ()  # the counts the title and STATUS= last showed
+        self._title_next = 0.0  # the title changes at most every TITLE_EVERY_S
+        self.title_at: float | None = None  # a title update held back by that limit
         self.typical_s: dict[str, float] = {}  # function/command -> moving average of its run time
         self.gate = ResourceGate(config.max_cpu_percent, config.max_memory_percent, config.min_free_memory_mb, config.enable_resource_scheduling)
         self.gate_hold: str | None = None  # why dispatch is waiting on the resource gate, if it is
         self.next_memory_check: float | None = None  # set while a running task has memory_limit_mb
+        self.long_pass_s = 0.0  # the longest recent pass of the loop, and when it was
+        self.long_pass_at = 0.0
+        self.poke_at: float | None = None  # when a silent worker holding reservations is asked to report
         self.withdraw_at: float | None = None  # when a prefetched task may be taken back for an idle worker
         self.next_prune = time.monotonic()
         self.config_path: str | None = None  # re-read on SIGHUP
@@ -220,12 +227,22 @@ class Supervisor(WorkerTraffic):
             self.commit(now)  # every reply leaves after the state it reports is on disk
             self.send_replies()
         self.dispatch(now, wall)
+        if self.poke_at is not None and now >= self.poke_at:
+            self.poke_silent_workers(now)
         self.commit_if_due(now)
         if now >= self.next_prune:
             self.prune(now, wall)
         self.notify.watchdog(now)
-        self.show_title()
+        self.show_title(now)
+        self._time_pass(now)
         return self.draining and self.finish_drain(now, wall)
+
+    def _time_pass(self, now: float) -> None:
+        """Remember the longest pass of about the last second (prefetch sizes
+        workers' reserves to outlast it)."""
+        took = time.monotonic() - now
+        if took >= self.long_pass_s or now - self.long_pass_at > LONG_PASS_MEMORY_S:
+            self.long_pass_s, self.long_pass_at = took, now
 
     def commit(self, now: float) -> None:
         self.store.flush()
@@ -246,7 +263,7 @@ class Supervisor(WorkerTraffic):
         gate_at = self.gate.next_check() if self.gate_hold else None
         http_at = self.http.next_deadline() if self.http is not None else None  # http: a slow client's budget
         timers = (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline, self.next_prune,
-                  commit_at, self.notify.next_watchdog, gate_at, self.next_memory_check, self.withdraw_at, http_at)
+                  commit_at, self.notify.next_watchdog, gate_at, self.next_memory_check, self.withdraw_at, self.poke_at, self.title_at, http_at)
         due = [t for t in timers if t is not None]
         if not due:
             return None
@@ -300,12 +317,16 @@ class Supervisor(WorkerTraffic):
         counts = self.scheduler.counts
         return f"{self.pool.size} workers, {counts[TaskState.QUEUED]} queued, {counts[TaskState.RUNNING]} running"
 
-    def show_title(self) -> None:
+    def show_title(self, now: float) -> None:
         counts = self.scheduler.counts
         key = (self.pool.size, counts[TaskState.QUEUED], counts[TaskState.RUNNING], counts[TaskState.COMPLETED], counts[TaskState.FAILED])
         if key == self._shown:
+            self.title_at = None
             return  # most passes change none of these: no strings built
-        self._shown = key
+        if now < self._title_next:
+            self.title_at = self._title_next  # under load, a few updates a second; the last one is never skipped
+            return
+        self._shown, self._title_next, self.title_at = key, now + TITLE_EVERY_S, None
         line = self.status_line()
         titles.set_title(f"pipelined: supervisor [{line}]")
         if self.notify.enabled:
@@ -357,7 +378,7 @@ class Supervisor(WorkerTraffic):
             # Prefetched: ask its worker to drop it; if it started meanwhile, it is killed.
             handle = self.pool.by_pid.get(task.reserved_by)
             if handle is not None and task.task_id in handle.reserved:
-                self._skip(handle, task.task_id, "cancel")
+                self._skip(handle, [task.task_id], "cancel")
         if task.state is not TaskState.RUNNING:
             return self.scheduler.cancel(task, now, wall)
         handle = self.pool.by_pid.get(task.worker_pid)
@@ -376,9 +397,9 @@ class Supervisor(WorkerTraffic):
         if not self.draining:
             self.notify.stopping(f"draining: {why}")
             for handle in self.pool.by_pid.values():  # prefetched tasks go back to the queue
-                for task_id in list(handle.reserved):
-                    if task_id not in handle.skips:
-                        self._skip(handle, task_id, "drain")
+                ids = [task_id for task_id in handle.reserved if task_id not in handle.skips]
+                if ids:
+                    self._skip(handle, ids, "drain")
         self.draining = True
         self.drain_deadline = deadline
         log.info("draining (%s): no new tasks; %d running get %gs to finish", why, len(self.scheduler.running), grace)

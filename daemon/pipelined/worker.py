@@ -39,8 +39,9 @@ from . import titles
 
 PR_SET_PDEATHSIG = 1
 NOBLOCK = int(zmq.NOBLOCK)
+EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's enum lookups cost more than the calls
+POLLIN = int(zmq.POLLIN)
 SIGNAL_GRACE_MS = 100  # how long a SIGUSR1 waits for the message it announces
-_USR1 = {signal.SIGUSR1}
 # Set in the environment of everything a task starts: when a descendant escapes
 # the worker's tree (double fork), the supervisor still knows whose it is.
 TASK_TAG = "PIPELINED_TASK_ID"
@@ -93,57 +94,98 @@ def _max_fd() -> int:
 
 
 class _Inbox:
-    """Run messages received but not started, in order, and the skips for them.
+    """The worker's side of the channel: runs received but not started, done
+    items not sent yet, and the answers to skips and flushes.
 
-    The supervisor may send a run while the previous task still runs (prefetch,
-    flagged "p"): the worker then tells it when that task really starts, in the
-    next done message ("next") or, if none was due, in a start message.
+    Runs may arrive while a task runs (prefetch, flagged "p"): the worker tells
+    the supervisor when such a task really starts, in a done message ("next",
+    "ns") or, if it holds none, in a start message.
     """
 
     def __init__(self, sock: zmq.Socket):
         self.sock = sock
         self.runs: deque[dict] = deque()
         self.exit: dict | None = None
+        self.held: list[dict] = []  # done items not sent yet, in order
+        self.held_since = 0.0
+        self.held_bytes = 0
+        self.current: dict | None = None  # the run item being executed
+        self.announced = True  # the supervisor knows `current` started
         self.interruptible = False  # True only while a task runs: the socket is ours to use then
+        self.poked = False  # a SIGUSR1 came while we could not answer it
 
     def on_usr1(self, signum: int, frame: Any) -> None:
-        """The supervisor wants an answer about a prefetched task now (a skip).
+        """The supervisor wants an answer now (a skip, or a flush of held ends).
 
-        Runs between the bytecodes of the task, never inside our own socket
-        calls. Whether a prefetched task is dropped here or started by the main
-        loop is decided by who takes it out of `runs` first: exactly one does.
+        Answers between the bytecodes of the task, never inside our own socket
+        calls (pyzmq runs signal handlers inside a blocking recv): outside a task
+        the signal is only noted, and answered before the next task starts.
+        Whether a prefetched task is dropped here or started by the main loop is
+        decided by who takes it out of `runs` first: exactly one does.
         """
-        if self.interruptible:
-            # The signal can overtake the skip message it announces (ZeroMQ delivers
-            # through its I/O thread): give the message a moment to land.
-            if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
-                self.gather()
+        if not self.interruptible:
+            self.poked = True
+            return
+        self.poked = False
+        # The signal can overtake the message it announces (ZeroMQ delivers
+        # through its I/O thread): give the message a moment to land.
+        if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
+            self.gather()
+        self.flush()
 
     def take(self, msg: dict) -> None:
         kind = msg.get("t")
         if kind == wm.RUN:
-            self.runs.append(msg)
+            self.runs.extend(msg["items"])
         elif kind == wm.SKIP:
-            for run in list(self.runs):
-                if run["id"] == msg["id"]:
-                    self.runs.remove(run)
-                    self.sock.send(encode({"t": wm.SKIPPED, "id": run["id"], "a": run["a"]}))
+            drop = set(msg["ids"])
+            kept = [run for run in self.runs if run["id"] not in drop]
+            if len(kept) != len(self.runs):
+                dropped = [run["id"] for run in self.runs if run["id"] in drop]
+                self.runs = deque(kept)
+                self.sock.send(encode({"t": wm.SKIPPED, "ids": dropped}))
         elif kind == wm.EXIT:
             self.exit = msg
+        # FLUSH needs nothing here: whoever gathered it flushes next.
 
     def gather(self) -> int:
         """Take whatever already arrived, without waiting; returns how many messages."""
         n = 0
-        while True:
-            try:
-                data = self.sock.recv(NOBLOCK)
-            except zmq.Again:
-                return n
-            self.take(decode(data))
+        sock = self.sock
+        while sock.getsockopt(EVENTS) & POLLIN:
+            self.take(decode(sock.recv(NOBLOCK)))
             n += 1
+        return n
 
     def wait(self) -> None:
         self.take(decode(self.sock.recv()))
+        self.gather()
+
+    def hold(self, item: dict, size: int) -> None:
+        if not self.held:
+            self.held_since = item["s"] + item["exec_s"]
+        self.held.append(item)
+        self.held_bytes += size
+
+    def due(self, now: float) -> bool:
+        """Send the held items now rather than with the next task's end?"""
+        return bool(self.held) and (len(self.held) >= wm.HOLD_MAX or self.held_bytes >= wm.HOLD_BYTES or now - self.held_since >= wm.HOLD_S)
+
+    def flush(self) -> None:
+        """Send the held done items, and say that `current` started if we have not."""
+        cur = self.current
+        announce = cur is not None and not self.announced
+        if not self.held and not announce:
+            return
+        if not self.held:
+            self.sock.send(encode({"t": wm.START, "id": cur["id"], "a": cur["a"], "s": cur["s"]}))
+        else:
+            msg: dict[str, Any] = {"t": wm.DONE, "items": self.held}
+            if announce:
+                msg["next"], msg["ns"] = cur["id"], cur["s"]
+            self.sock.send(encode(msg))
+            self.held, self.held_bytes = [], 0
+        self.announced = True
 
 
 def _serve(slot: int, endpoint: str) -> None:
@@ -154,39 +196,40 @@ def _serve(slot: int, endpoint: str) -> None:
     sock.connect(endpoint)
     sock.send(encode({"t": wm.HELLO, "pid": os.getpid(), "slot": slot}))
     inbox = _Inbox(sock)
-    signal.pthread_sigmask(signal.SIG_BLOCK, _USR1)
     signal.signal(signal.SIGUSR1, inbox.on_usr1)
-    announced = False  # the supervisor already knows the head of inbox.runs started
+    idle_title = f"pipelined: worker {slot} idle"
     while True:
         if not inbox.runs:
+            inbox.current = None
+            inbox.flush()  # never sleep on held ends
             if inbox.exit is not None:
                 break
+            titles.set_title(idle_title)
             inbox.wait()
             continue
         msg = inbox.runs.popleft()
-        if msg.get("p") and not announced:
-            sock.send(encode({"t": wm.START, "id": msg["id"], "a": msg["a"]}))
+        msg["s"] = started = time.monotonic()
+        inbox.current = msg
+        inbox.announced = not msg.get("p")
+        if inbox.poked or inbox.due(started):
+            inbox.poked = False
+            inbox.gather()
+            inbox.flush()  # with "next": this task started
         titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
         if signal.getsignal(signal.SIGUSR1) != inbox.on_usr1:
             signal.signal(signal.SIGUSR1, inbox.on_usr1)  # a previous task took it over
-        inbox.gather()  # skips that arrived while we were busy with the socket
         inbox.interruptible = True
-        # SIGUSR1 stays blocked whenever we use the socket ourselves (a ZeroMQ socket
-        # is not reentrant): it is delivered here, pending or not, and during the task.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _USR1)
         try:
-            reply = _execute(msg)
+            if inbox.poked:  # signalled between the check above and now
+                inbox.on_usr1(signal.SIGUSR1, None)
+            item = _execute(msg)
         finally:
-            signal.pthread_sigmask(signal.SIG_BLOCK, _USR1)
             inbox.interruptible = False
-        inbox.gather()
-        nxt = inbox.runs[0] if inbox.runs else None
-        announced = nxt is not None and bool(nxt.get("p"))
-        if announced:
-            reply["next"] = nxt["id"]  # it starts right after this message leaves
-        sock.send(_encode_done(reply))
-        if nxt is None:
-            titles.set_title(f"pipelined: worker {slot} idle")
+        data, item = _checked_done(item)
+        inbox.hold(item, len(data) if data is not None else 0)
+        if not inbox.runs:
+            inbox.gather()  # more work may have come while we ran
+    inbox.flush()
     sock.send(encode({"t": wm.BYE, "pid": os.getpid(), "reason": inbox.exit.get("reason", "exit")}))
     sock.close(linger=2000)
     ctx.term()
@@ -213,26 +256,34 @@ def _execute(msg: dict) -> dict:
         error = describe_exception(exc)
     exec_s = time.perf_counter() - started
     os.environ.pop(TASK_TAG, None)
-    return {"t": wm.DONE, "id": msg["id"], "a": msg["a"], "ok": error is None, "result": result, "error": error, "exec_s": exec_s}
+    return {"id": msg["id"], "a": msg["a"], "ok": error is None, "result": result, "error": error, "exec_s": exec_s, "s": msg["s"]}
 
 
-def _encode_done(reply: dict) -> bytes:
-    result = reply["result"]
+_PLAIN = (type(None), bool, int, float)
+
+
+def _checked_done(item: dict) -> tuple[bytes | None, dict]:
+    """The done item, made sure to travel: a result that is too deep, not
+    encodable or too large becomes an error. Returns (its encoding if it had
+    to be checked, the item); plain scalars need no check."""
+    result = item["result"]
+    if type(result) in _PLAIN and item["error"] is None:
+        return None, item
     if isinstance(result, (list, dict)) and too_deep(result, MAX_RESULT_DEPTH):
         # Replies wrap a result in a few more levels; past this the codec could not carry them.
-        reply["ok"], reply["result"] = False, None
-        reply["error"] = {"type": "ResultTooDeep", "message": f"the task's result nests deeper than {MAX_RESULT_DEPTH} levels", "traceback": None}
+        item["ok"], item["result"] = False, None
+        item["error"] = {"type": "ResultTooDeep", "message": f"the task's result nests deeper than {MAX_RESULT_DEPTH} levels", "traceback": None}
     try:
-        data = encode(reply)
+        data = encode(item)
     except (TypeError, ValueError, OverflowError) as exc:
-        reply["ok"], reply["result"] = False, None
-        reply["error"] = {"type": "UnencodableResult", "message": f"the task's result cannot be sent back (msgpack): {exc}", "traceback": None}
-        data = encode(reply)
+        item["ok"], item["result"] = False, None
+        item["error"] = {"type": "UnencodableResult", "message": f"the task's result cannot be sent back (msgpack): {exc}", "traceback": None}
+        data = encode(item)
     if len(data) > MAX_PAYLOAD_BYTES:
-        reply["ok"], reply["result"] = False, None
-        reply["error"] = {"type": "ResultTooLarge", "message": f"the task's result is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES} [too_large]", "traceback": None}
-        data = encode(reply)
-    return data
+        item["ok"], item["result"] = False, None
+        item["error"] = {"type": "ResultTooLarge", "message": f"the task's result is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES} [too_large]", "traceback": None}
+        data = encode(item)
+    return data, item
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:

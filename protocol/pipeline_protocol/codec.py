@@ -9,6 +9,7 @@ reported as a ValueError naming why, never as a crash.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -57,11 +58,23 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 _packer_opts = dict(default=_default, use_bin_type=True, datetime=False)
+_local = threading.local()  # one reusable Packer per thread: packb builds a new one per call
 
 
 def encode(obj: Any) -> bytes:
     """Encode to msgpack; TypeError names the first value that cannot travel."""
-    return msgpack.packb(obj, **_packer_opts)
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(**_packer_opts)
+    elif _local.busy:
+        # Re-entered (a signal handler ran inside our `default` hook): the
+        # thread's Packer is mid-object, so use a fresh one.
+        return msgpack.packb(obj, **_packer_opts)
+    _local.busy = True
+    try:
+        return packer.pack(obj)  # resets its buffer itself when it raises
+    finally:
+        _local.busy = False
 
 
 def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
@@ -100,3 +113,21 @@ def substitute_refs(obj: Any, results: dict[str, Any]) -> Any:
     if isinstance(obj, dict):
         return {k: substitute_refs(v, results) for k, v in obj.items()}
     return obj
+
+
+_ITEMS_KEY = msgpack.packb("items")
+
+
+def encode_with_items(fields: dict[str, Any], items: list[bytes]) -> bytes:
+    """Encode the map `fields` plus an "items" list whose elements are already
+    encoded: batches are built from pieces encoded (and checked) one by one,
+    without encoding them a second time. `fields` must have under 15 keys."""
+    head = encode(fields)
+    n = len(items)
+    if n < 16:
+        array = bytes((0x90 | n,))
+    elif n < 0x10000:
+        array = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        array = b"\xdd" + n.to_bytes(4, "big")
+    return bytes((head[0] + 1,)) + head[1:] + _ITEMS_KEY + array + b"".join(items)

@@ -40,6 +40,12 @@ FIELDS = frozenset(
     }
 )
 
+# Function names already seen to be well formed: a set lookup instead of a regex
+# match per task. Bounded, so hostile clients cannot grow it without end.
+_good_functions: set[str] = set()
+GOOD_FUNCTIONS_MAX = 10_000
+MEDIUM = parse_priority("medium")
+
 MAX_RETRIES_LIMIT = 100
 MAX_ARG_DEPTH = 100  # nesting of args/kwargs; keeps every recursive walk far from Python's limit
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
@@ -84,8 +90,8 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ProtocolError(ErrorCode.INVALID_REQUEST, f"a task must be a map, not {type(spec).__name__}")
     tid = spec.get("task_id")
-    unknown = sorted(str(k) for k in spec if k not in FIELDS)
-    if unknown:
+    if not FIELDS.issuperset(spec):
+        unknown = sorted(str(k) for k in spec if k not in FIELDS)
         raise _bad(unknown[0], f"is not a task field (known: {', '.join(sorted(FIELDS))})", tid)
 
     if tid is not None and (not isinstance(tid, str) or not _TASK_ID_RE.match(tid)):
@@ -94,8 +100,11 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
     function, command = spec.get("function"), spec.get("command")
     if (function is None) == (command is None):
         raise _bad("function", "or command: give exactly one of them", tid)
-    if function is not None and (not isinstance(function, str) or not _FUNCTION_RE.match(function)):
-        raise _bad("function", f"must look like 'package.module:qualname', not {function!r:.80}", tid)
+    if function is not None and not (type(function) is str and function in _good_functions):
+        if not isinstance(function, str) or not _FUNCTION_RE.match(function):
+            raise _bad("function", f"must look like 'package.module:qualname', not {function!r:.80}", tid)
+        if len(_good_functions) < GOOD_FUNCTIONS_MAX:
+            _good_functions.add(function)
     if command is not None:
         if not command:
             raise _bad("command", "must not be empty", tid)
@@ -116,7 +125,7 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         kwargs = {}
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise _bad("kwargs", "must be a map with string keys", tid)
-    if too_deep(args, MAX_ARG_DEPTH) or too_deep(kwargs, MAX_ARG_DEPTH):
+    if (args and too_deep(args, MAX_ARG_DEPTH)) or (kwargs and too_deep(kwargs, MAX_ARG_DEPTH)):
         raise _bad("args", f"nest deeper than {MAX_ARG_DEPTH} levels", tid)
     if command is not None and (args or kwargs):
         raise _bad("args", "and kwargs apply to function tasks only", tid)
@@ -127,14 +136,17 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
     if not isinstance(task_type, str) or not 0 < len(task_type) <= 100:
         raise _bad("task_type", "must be a non-empty string of at most 100 characters", tid)
     try:
-        priority = parse_priority(spec.get("priority", "medium") if spec.get("priority") is not None else "medium")
+        priority = spec.get("priority")
+        priority = MEDIUM if priority is None else parse_priority(priority)
     except ValueError as exc:
         raise _bad("priority", str(exc).removeprefix("priority "), tid) from None
 
     deps = spec.get("dependencies") or []
     _str_list(deps, "dependencies", tid)
-    refs = find_refs(args, []) + find_refs(kwargs, [])
-    dependencies = list(dict.fromkeys([*deps, *refs]))  # order kept, duplicates dropped
+    refs = find_refs(args, []) if args else []
+    if kwargs:
+        find_refs(kwargs, refs)
+    dependencies = list(dict.fromkeys([*deps, *refs])) if deps or refs else []  # order kept, duplicates dropped
     if isinstance(tid, str) and tid in dependencies:
         raise ProtocolError(ErrorCode.DEPENDENCY_CYCLE, f"task {tid!r} depends on itself", {"task_id": tid})
 
