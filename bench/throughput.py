@@ -4,7 +4,8 @@
 
 (a) N no-op tasks via single `submit`, then wait for all;
 (b) the same via `submit_many` (batches of 1,000);
-(c) sequential submit -> result round trips, p50 / p99;
+(c) sequential submit -> result round trips, p50 / p99, and the same with
+    Client.call (submit and wait in one exchange);
 (d) how late a hard timeout is enforced (deadline -> worker killed);
 and the same workloads on concurrent.futures.ProcessPoolExecutor in the same run.
 """
@@ -57,6 +58,16 @@ def pipelined_roundtrip(c: Client, n: int) -> list[float]:
     return out
 
 
+def pipelined_call_roundtrip(c: Client, n: int) -> list[float]:
+    """Client.call: submit and result in one exchange."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c.call(NOOP, max_retries=0)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def pipelined_timeout_lateness(c: Client, runs: int = 5, timeout_s: float = 0.2) -> list[float]:
     late = []
     for _ in range(runs):
@@ -99,6 +110,7 @@ def main() -> int:
         single = pipelined_single(c, args.tasks)
         batch = pipelined_batch(c, args.tasks)
         rtt = pipelined_roundtrip(c, args.roundtrips)
+        call = pipelined_call_roundtrip(c, args.roundtrips)
         late = pipelined_timeout_lateness(c)
     with cf.ProcessPoolExecutor(args.workers) as ex:
         ppe_roundtrip(ex, 50)
@@ -110,6 +122,8 @@ def main() -> int:
         ("(b) submit_many, tasks/s", f"{batch:,.0f}", f"{p_single:,.0f}", f"{batch / p_single:.2f}x"),
         ("(c) round trip p50, us", f"{statistics.median(rtt) * 1e6:,.0f}", f"{statistics.median(p_rtt) * 1e6:,.0f}", f"{statistics.median(p_rtt) / statistics.median(rtt):.2f}x faster"),
         ("(c) round trip p99, us", f"{pct(rtt, 0.99) * 1e6:,.0f}", f"{pct(p_rtt, 0.99) * 1e6:,.0f}", ""),
+        ("(c') call round trip p50, us", f"{statistics.median(call) * 1e6:,.0f}", f"{statistics.median(p_rtt) * 1e6:,.0f}", f"{statistics.median(p_rtt) / statistics.median(call):.2f}x faster"),
+        ("(c') call round trip p99, us", f"{pct(call, 0.99) * 1e6:,.0f}", f"{pct(p_rtt, 0.99) * 1e6:,.0f}", ""),
         ("(d) timeout kill lateness max, ms", f"{max(late) * 1e3:.1f}", "no hard timeout", ""),
     ]
     mode = "volatile" if args.volatile else "journal on"

@@ -115,3 +115,23 @@ def test_submit_wait_is_validated(make_daemon):
         c.request("submit", task={"function": "tests.tasks:noop"}, wait=True, wait_timeout=-1)
     assert negative.value.code == "invalid_request"
     assert c.status()["pending_tasks"] == 0 and len(c.list()) == 0, "a rejected submit changes nothing"
+
+
+@pytest.mark.timeout(30)
+def test_async_call(make_daemon):
+    import asyncio
+
+    from pipeline_client import AsyncClient
+
+    d = make_daemon(workers=2)
+
+    async def main():
+        async with AsyncClient(d.socket) as ac:
+            results = await asyncio.gather(*(ac.call("tests.tasks:square", [i]) for i in range(20)))
+            with pytest.raises(TaskFailed):
+                await ac.call("tests.tasks:fail", max_retries=0)
+            with pytest.raises(TimeoutError):
+                await ac.call("tests.tasks:sleep", [10], wait_timeout=0.2)
+            return results
+
+    assert asyncio.run(main()) == [i * i for i in range(20)]

@@ -47,14 +47,14 @@ class AsyncClient:
             if fut is not None and not fut.done():
                 fut.set_result(reply)
 
-    async def request(self, op: str, *, wait_s: float | None = None, **fields: Any) -> dict[str, Any]:
+    async def request(self, op: str, *, wait_s: float | None = None, parks: bool = False, **fields: Any) -> dict[str, Any]:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read_replies())
         rid = next(self._rids)
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         await self._sock.send(encode_request(op, rid, fields))
-        budget = None if (wait_s is None and op in ("wait", "result")) else (wait_s or 0) + self.timeout
+        budget = None if (wait_s is None and (parks or op in ("wait", "result"))) else (wait_s or 0) + self.timeout
         try:
             reply = await asyncio.wait_for(fut, budget)
         except asyncio.TimeoutError:
@@ -80,6 +80,16 @@ class AsyncClient:
 
     async def submit(self, function: str | Callable[..., Any], args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any) -> str:
         return (await self.request("submit", task=function_task(function, args, kwargs, **options)))["task_id"]
+
+    async def call(self, function: str | Callable[..., Any], args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, *, wait_timeout: float | None = None, **options: Any) -> Any:
+        """Submit a function task and return its result, in one round trip (see Client.call)."""
+        fields: dict[str, Any] = {"task": function_task(function, args, kwargs, **options), "wait": True}
+        if wait_timeout is not None:
+            fields["wait_timeout"] = wait_timeout
+        reply = await self.request("submit", wait_s=wait_timeout, parks=True, **fields)
+        if reply.get("timed_out"):
+            raise TimeoutError(f"task {reply.get('task_id')} did not end within {wait_timeout:g}s")
+        return raise_for_record(reply["task"])
 
     async def submit_command(self, command: Sequence[str], cwd: str | None = None, env: dict[str, str] | None = None, **options: Any) -> str:
         return (await self.request("submit", task=command_task(command, cwd, env, **options)))["task_id"]

@@ -108,16 +108,12 @@ def cmd_call(args: argparse.Namespace, s: Session) -> Outcome:
 
 
 def _submit(s: Session, spec: dict[str, Any]) -> Outcome:
-    task_id = s.client.request("submit", task=spec)["task_id"]
     if not s.args.wait:
+        task_id = s.client.request("submit", task=spec)["task_id"]
         return Outcome({"task_id": task_id}, task_id_view)
-    record = _wait_one(s.client, task_id)
+    # Submit and wait in one request: the reply comes when the task ends.
+    record = s.client.request("submit", parks=True, task=spec, wait=True)["task"]
     return Outcome(record, task_view, EXIT_OK if record["status"] == "completed" else EXIT_TASK_FAILED)
-
-
-def _wait_one(client: Client, task_id: str) -> dict[str, Any]:
-    reply = client.wait([task_id])
-    return reply["tasks"][0]
 
 
 def cmd_wait(args: argparse.Namespace, s: Session) -> Outcome:

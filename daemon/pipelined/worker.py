@@ -159,7 +159,6 @@ class _Inbox:
 
     def wait(self) -> None:
         self.take(decode(self.sock.recv()))
-        self.gather()
 
     def hold(self, item: dict, size: int) -> None:
         if not self.held:
@@ -337,7 +336,17 @@ def _task_context(cwd: str | None, env: dict[str, str] | None):
             os.chdir(old_cwd)
 
 
+_resolved: dict[str, Any] = {}  # function path -> the callable (modules are never reloaded anyway)
+
+
 def resolve_function(path: str) -> Any:
+    target = _resolved.get(path)
+    if target is None:
+        target = _resolved[path] = _resolve(path)
+    return target
+
+
+def _resolve(path: str) -> Any:
     module_name, _, qualname = path.partition(":")
     target: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
@@ -348,6 +357,8 @@ def resolve_function(path: str) -> Any:
 
 
 def _call_function(msg: dict) -> Any:
+    if "cwd" not in msg and "env" not in msg:  # the common case: nothing to set up and restore
+        return resolve_function(msg["f"])(*msg.get("args") or (), **msg.get("kwargs") or {})
     with _task_context(msg.get("cwd"), msg.get("env")):
         function = resolve_function(msg["f"])
         return function(*msg.get("args") or (), **msg.get("kwargs") or {})
