@@ -87,6 +87,10 @@ _MIGRATIONS = {
 _spec_of = operator.attrgetter(*_SPEC_FIELDS)  # one C call: the spec fields as a tuple
 
 
+CHECKPOINT_IDLE_COMMITS = 100  # an idle loop checkpoints once this many commits are in the WAL
+CHECKPOINT_MAX_COMMITS = 2000  # a busy one waits for this many (a few MB of WAL)
+
+
 class JournalError(Exception):
     pass
 
@@ -103,6 +107,7 @@ class Journal(TaskStore):
         self.path = path
         self._new: set[str] = set()
         self._gone: list[tuple[int]] = []  # seqs of pruned rows
+        self._commits = 0  # since the last checkpoint
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA busy_timeout = 5000")
@@ -111,6 +116,9 @@ class Journal(TaskStore):
             self._check_or_create()
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute(f"PRAGMA synchronous = {'FULL' if sync == 'full' else 'NORMAL'}")
+            # We checkpoint ourselves (checkpoint()), when the loop is idle: SQLite's
+            # automatic checkpoint would run inside a commit that a reply waits for.
+            self.db.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: cannot use the journal: {exc} (is it a pipelined journal? move it aside to start empty)") from None
 
@@ -206,7 +214,17 @@ class Journal(TaskStore):
         self._dirty.clear()
         new.clear()
         self._gone.clear()
+        self._commits += 1
         return n
+
+    def checkpoint(self, idle: bool) -> bool:
+        """Copy the WAL back into the database file so that it stops growing: when
+        the loop is idle, or regardless once enough commits piled up."""
+        if self._commits < (CHECKPOINT_IDLE_COMMITS if idle else CHECKPOINT_MAX_COMMITS):
+            return False
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._commits = 0
+        return True
 
     # -- reads ------------------------------------------------------------
     def load(self) -> list[Task]:
@@ -245,4 +263,8 @@ class Journal(TaskStore):
 
     def close(self) -> None:
         self.flush()
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave one compact file behind
+        except sqlite3.DatabaseError as exc:
+            log.warning("journal %s: final checkpoint failed: %s", self.path, exc)
         self.db.close()

@@ -108,5 +108,9 @@ class TaskStore:
         self._dirty.clear()
         return n
 
+    def checkpoint(self, idle: bool) -> bool:
+        """Compact durable storage if it is due (nothing to do in memory)."""
+        return False
+
     def close(self) -> None:
         self.flush()

@@ -230,6 +230,8 @@ class Supervisor(WorkerTraffic):
         if self.poke_at is not None and now >= self.poke_at:
             self.poke_silent_workers(now)
         self.commit_if_due(now)
+        if not ready:
+            self.store.checkpoint(idle=True)  # a pass woken by a timer alone: a quiet moment
         if now >= self.next_prune:
             self.prune(now, wall)
         self.notify.watchdog(now)
@@ -247,6 +249,7 @@ class Supervisor(WorkerTraffic):
     def commit(self, now: float) -> None:
         self.store.flush()
         self.dirty_since = None
+        self.store.checkpoint(idle=False)
 
     def commit_if_due(self, now: float) -> None:
         """Group commit: changes no reply waits for (starts, ends) are written
