@@ -110,8 +110,13 @@ def _check_payload_sizes(specs: list) -> None:
 
 def record_of(sup: Supervisor, task) -> dict:
     rec = task.record()
-    if sup.gate_hold is not None and task.state is TaskState.QUEUED and "held_by" not in rec:
-        rec["held_by"] = sup.gate_hold
+    if task.state is TaskState.QUEUED and "held_by" not in rec:
+        sched = sup.scheduler
+        limit = sched.type_limits.get(task.task_type)
+        if limit is not None and sched.running_by_type.get(task.task_type, 0) >= limit:
+            rec["held_by"] = f"task_type {task.task_type} at its limit of {limit}"  # the scheduler marks only its type's head
+        elif sup.gate_hold is not None:
+            rec["held_by"] = sup.gate_hold
     return rec
 
 
@@ -127,7 +132,12 @@ def op_list(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "limit must be 1..1000000", {"field": "limit"})
     if state is not None and state not in TaskState._value2member_map_:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, f"unknown state {state!r} (one of {', '.join(s.value for s in TaskState)})", {"field": "state"})
-    tasks = sup.store.in_workflow(workflow) if workflow is not None else sup.store.values()
+    if workflow is not None:
+        tasks = sup.store.in_workflow(workflow)
+    elif state is not None:
+        tasks = sup.store.in_state(TaskState(state))  # only that state's tasks, not all of them
+    else:
+        tasks = sup.store.values()
     out = []
     for task in tasks:
         if state is None or task.state.value == state:

@@ -183,9 +183,9 @@ class SupervisorCollector(Collector):
                 if state is TaskState.QUEUED and n:
                     held.add_metric([gate, ttype], n)
         else:
-            for ttype, entries in sorted(sched._parked.items()):
-                n = sum(1 for entry in entries if entry[2].state is TaskState.QUEUED)
-                if n:
+            for ttype, limit in sorted(sched.type_limits.items()):
+                n = self.tasks.by_state_type.get((TaskState.QUEUED, ttype), 0)
+                if n and sched.running_by_type.get(ttype, 0) >= limit:
                     held.add_metric(["max_concurrent", ttype], n)
         yield held
 

@@ -10,9 +10,11 @@ for display only), so tests step time by hand.
     running ──finish──► completed | failed(error/timeout/worker_lost/memory_limit)
     any end but completed ──► dependents fail at once: upstream_failed (recursive)
 
-Ready tasks sit in a heap ordered by (-priority, seq): strict priority, FIFO
-within a priority. A task whose type is at its concurrency limit is parked per
-type, so it never blocks tasks of other types behind it.
+Ready tasks sit in one heap per task type, ordered by (-priority, seq): strict
+priority, FIFO within a priority. next_ready() takes the best head among the
+types that have room, so a type at its concurrency limit never blocks the
+others, and its tasks are not touched until it has room again (no parking:
+the cost of a pick does not grow with the number of tasks held back).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .store import TaskStore
 from .task import Task
 
 BACKOFF_CAP_S = 300.0
+DEAD_ENTRIES_SLACK = 1024  # stale deadline entries tolerated before the heap is rebuilt (amortized O(1))
 
 
 class Scheduler:
@@ -50,8 +53,8 @@ class Scheduler:
         self.type_limits: dict[str, int] = dict(type_limits or {})
         self.enable_dependencies = enable_dependencies
         self._seq = itertools.count()
-        self._ready: list[tuple[int, int, Task]] = []  # (-priority, seq, task)
-        self._parked: dict[str, list[tuple[int, int, Task]]] = {}  # type at its limit -> ready entries
+        self._ready: dict[str, list[tuple[int, int, Task]]] = {}  # task_type -> heap of (-priority, seq, task)
+        self._ready_entries = 0  # heap entries over all types (stale ones included)
         self._backoffs: list[tuple[float, int, int, Task]] = []  # (when, seq, attempt, task)
         self._deadlines: list[tuple[float, int, int, Task]] = []  # (deadline, seq, attempt, task)
         self._dependents: dict[str, list[Task]] = {}
@@ -161,20 +164,29 @@ class Scheduler:
 
     # -- state changes ----------------------------------------------------
     def _set_state(self, task: Task, state: TaskState) -> None:
-        self.counts[task.state] -= 1
+        old = task.state
+        self.counts[old] -= 1
         self.counts[state] += 1
-        if task.state is TaskState.QUEUED:
+        if old is TaskState.QUEUED:
             self.queued_by_bucket[task.bucket] -= 1
         if state is TaskState.QUEUED:
             self.queued_by_bucket[task.bucket] += 1
         task.state = state
+        self.store.moved(task, old)
         self.store.changed(task)
         if self.on_change is not None:
             self.on_change(task)
 
     def _queue(self, task: Task) -> None:
         self._set_state(task, TaskState.QUEUED)
-        heapq.heappush(self._ready, (-task.priority, task.seq, task))
+        self._push_ready(task)
+
+    def _push_ready(self, task: Task) -> None:
+        heap = self._ready.get(task.task_type)
+        if heap is None:
+            heap = self._ready[task.task_type] = []
+        heapq.heappush(heap, (-task.priority, task.seq, task))
+        self._ready_entries += 1
 
     def _end(self, task: Task, state: TaskState, now: float, wall: float, reason: FailureReason | None = None, error: dict | None = None) -> None:
         """End `task`, then fail every dependent that can no longer run (iteratively:
@@ -196,6 +208,8 @@ class Scheduler:
                 dep = self.store.get(dep_id)
                 if dep is not None and dep.pending_dependents > 0:
                     dep.pending_dependents -= 1
+                    if dep.pending_dependents == 0 and dep.state in END_STATES:
+                        self.store.released(dep)  # retention may take it now
             for dependent in self._dependents.pop(t.task_id, ()):
                 if dependent.state in END_STATES:
                     continue
@@ -207,42 +221,52 @@ class Scheduler:
                     stack.append((dependent, TaskState.FAILED, FailureReason.UPSTREAM_FAILED, _upstream_error(t)))
 
     def set_type_limits(self, limits: dict[str, int]) -> None:
-        """New per-type limits (reload); parked tasks compete again under them."""
+        """New per-type limits (reload): next_ready() reads them on its next pick."""
         self.type_limits = dict(limits)
-        for entries in self._parked.values():
-            for entry in entries:
-                heapq.heappush(self._ready, entry)
-        self._parked.clear()
 
     # -- dispatch ---------------------------------------------------------
     def has_ready(self) -> bool:
-        return bool(self._ready)
+        """Any heap entry left (stale ones and types at their limit included)."""
+        return self._ready_entries > 0
+
+    def _best(self) -> list[tuple[int, int, Task]] | None:
+        """The heap whose head is the best task of a type with room (stale heads
+        dropped first), or None. Costs one look per task type with ready tasks."""
+        best = None
+        for ttype in list(self._ready):
+            heap = self._ready[ttype]
+            while heap and (heap[0][2].state is not TaskState.QUEUED or heap[0][2].reserved_by is not None):
+                heapq.heappop(heap)  # cancelled or ended while queued, or a stale entry of a reserved task
+                self._ready_entries -= 1
+            if not heap:
+                del self._ready[ttype]
+                continue
+            limit = self.type_limits.get(ttype)
+            if limit is not None and self.running_by_type.get(ttype, 0) >= limit:
+                heap[0][2].hold = f"task_type {ttype} at its limit of {limit}"
+                continue
+            if best is None or heap[0] < best[0]:
+                best = heap
+        return best
 
     def top_priority(self) -> int | None:
-        """Priority of the best queued task (stale heap entries dropped first)."""
-        while self._ready and (self._ready[0][2].state is not TaskState.QUEUED or self._ready[0][2].reserved_by is not None):
-            heapq.heappop(self._ready)
-        return -self._ready[0][0] if self._ready else None
+        """Priority of the best queued task that could be dispatched now."""
+        heap = self._best()
+        return -heap[0][0] if heap is not None else None
 
     def next_ready(self) -> Task | None:
         """Pop the highest-priority queued task whose type has room, or None."""
-        while self._ready:
-            entry = heapq.heappop(self._ready)
-            task = entry[2]
-            if task.state is not TaskState.QUEUED or task.reserved_by is not None:
-                continue  # cancelled or ended while queued, or a stale entry of a reserved task
-            limit = self.type_limits.get(task.task_type)
-            if limit is not None and self.running_by_type.get(task.task_type, 0) >= limit:
-                task.hold = f"task_type {task.task_type} at its limit of {limit}"
-                self._parked.setdefault(task.task_type, []).append(entry)
-                continue
-            task.hold = None
-            return task
-        return None
+        heap = self._best()
+        if heap is None:
+            return None
+        task = heapq.heappop(heap)[2]
+        self._ready_entries -= 1
+        task.hold = None
+        return task
 
     def requeue(self, task: Task) -> None:
         """Put back a task taken by next_ready() that could not be used."""
-        heapq.heappush(self._ready, (-task.priority, task.seq, task))
+        self._push_ready(task)
 
     def reserve(self, task: Task, worker_pid: int) -> int:
         """Hand a queued task to a busy worker to start after its current one
@@ -273,6 +297,11 @@ class Scheduler:
         self.running[task.task_id] = task
         self.running_by_type[task.task_type] = self.running_by_type.get(task.task_type, 0) + 1
         heapq.heappush(self._deadlines, (task.deadline, task.seq, task.attempt, task))
+        if len(self._deadlines) > 2 * len(self.running) + DEAD_ENTRIES_SLACK:
+            # Ended attempts' entries leave the heap only from its top: behind one long
+            # running task they would pile up (one per task started meanwhile).
+            self._deadlines = [e for e in self._deadlines if _is_live(e)]
+            heapq.heapify(self._deadlines)
         self._set_state(task, TaskState.RUNNING)
         return task.attempt
 
@@ -280,11 +309,6 @@ class Scheduler:
         del self.running[task.task_id]
         left = self.running_by_type[task.task_type] - 1
         self.running_by_type[task.task_type] = left
-        parked = self._parked.get(task.task_type)
-        if parked:  # room again for this type: its parked tasks compete again
-            for entry in parked:
-                heapq.heappush(self._ready, entry)
-            del self._parked[task.task_type]
         task.deadline = None
 
     def finish(self, task_id: str, attempt: int, result: Any, error: dict | None, exec_s: float, now: float, wall: float) -> Task | None:

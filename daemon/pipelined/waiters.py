@@ -40,6 +40,11 @@ class Waiters:
             self._by_task.setdefault(tid, []).append(waiter)
         if waiter.deadline is not None:
             heapq.heappush(self._deadlines, (waiter.deadline, next(self._seq), waiter))
+            if len(self._deadlines) > 2 * self.count + 1024:
+                # Answered waiters leave the heap only from its top, at their deadline
+                # (a wait's timeout may be hours): drop them all now and then.
+                self._deadlines = [e for e in self._deadlines if not e[2].done]
+                heapq.heapify(self._deadlines)
         self.count += 1
 
     def _complete(self, waiter: Waiter, out: list[Waiter]) -> None:
