@@ -73,10 +73,13 @@ class Scheduler:
         if not normalized:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "submit needs at least one task")
         batch_ids: dict[str, dict] = {}
-        fresh = os.urandom(8 * len(normalized)).hex()  # one system call for the batch's new ids
-        for i, spec in enumerate(normalized):
+        unnamed = sum(1 for spec in normalized if spec["task_id"] is None)
+        fresh = os.urandom(8 * unnamed).hex() if unnamed else ""  # one system call for the batch's new ids
+        at = 0
+        for spec in normalized:
             if spec["task_id"] is None:
-                spec["task_id"] = fresh[16 * i : 16 * i + 16]
+                spec["task_id"] = fresh[at : at + 16]
+                at += 16
             tid = spec["task_id"]
             if tid in batch_ids or tid in self.store:
                 raise ProtocolError(ErrorCode.DUPLICATE_TASK, f"task id {tid!r} is already taken", {"task_id": tid})
