@@ -46,7 +46,7 @@ class Config:
     task_types: dict[str, dict[str, int]] = field(default_factory=dict)
     shutdown_grace_s: float = 30.0
     result_ttl_s: float = 7 * 24 * 3600.0
-    prefetch: bool = True  # hand a busy worker its next task early (see Supervisor.prefetch)
+    prefetch: bool = True  # hand a busy worker short tasks early (docs/ARCHITECTURE.md: Prefetch and batching)
     journal: bool = True  # false: a volatile daemon, tasks live in memory only
     journal_sync: str = "normal"  # "full": fsync every commit (survives power loss)
     socket_group: str = ""

@@ -50,12 +50,41 @@ RCVMORE = int(zmq.RCVMORE)
 # a task queued behind a long one would wait for it while another worker may go idle.
 PREFETCH_BEHIND_S = 0.005
 PREFETCH_WINDOW_S = 0.002  # how much known work a worker is given ahead of it, at least
-PREFETCH_WINDOW_MAX_S = 0.05  # ... and at most, when our own passes run long (big batches)
-PREFETCH_MAX = 256  # tasks reserved for one worker, at most
+PREFETCH_WINDOW_MAX_S = 0.02  # ... and at most, when our own passes run long (big batches)
+PREFETCH_MAX = 128  # tasks reserved for one worker, at most
+REFILL_MAX = 32  # tasks added to one worker per pass: reserves grow over passes, in dealt order
 PREFETCH_MIN_COST_S = 0.00005  # what a task costs at least, overheads included
 PREFETCH_MIN_TIMEOUT_S = 1.0  # shorter timeouts are never reserved (their deadlines must be exact)
 POKE_S = 0.02  # a worker silent this long while it holds reservations is asked to report
 RESIGNAL_S = 0.05  # an unanswered skip is signalled again this often
+
+
+class _Fill:
+    """One worker's run message of this pass: maybe a task to start now, then the
+    reserved tasks dealt to it."""
+
+    __slots__ = ("handle", "items", "room", "budget", "added")
+
+    def __init__(self, handle, first: bytes | None):
+        self.handle = handle
+        self.items: list[bytes] = [] if first is None else [first]
+        self.room = 0  # reserved tasks it may still take
+        self.budget = 0.0  # seconds of known work it may still take
+        self.added = 0
+
+    def send(self, traffic: WorkerTraffic, now: float, wall: float) -> None:
+        if not self.items:
+            return
+        handle = self.handle
+        if self.added:
+            handle.depth = len(handle.reserved)
+        try:
+            traffic.workers_sock.send_multipart([handle.ident, encode_with_items({"t": wm.RUN}, self.items)], NOBLOCK)
+        except zmq.ZMQError as exc:
+            if len(self.items) > self.added:  # it was to start a task: the worker is unreachable
+                traffic._kill_worker(handle, f"unreachable ({exc})", FailureReason.WORKER_LOST, now, wall)
+            else:
+                traffic._release_reserved_tail(handle, self.added)  # dispatch proper will deal with the worker
 
 
 class WorkerTraffic:
@@ -238,57 +267,65 @@ class WorkerTraffic:
         self.gate_hold = self.gate.closed_because(now) if sched.has_ready() else None
         if self.gate_hold is not None:
             return
-        self.assign_idle_workers(now, wall)
+        fills = self.assign_idle_workers(now, wall)
         # top_priority() drops stale heap entries first: has_ready() may still see some.
         if self.config.prefetch and sched.top_priority() is not None:
             self.preempt_reservations()
-            self.prefetch(now)
+            fills += self.refills(now, {f.handle.pid for f in fills})
+            self._deal(fills, now)
+        for fill in fills:
+            fill.send(self, now, wall)
         if sched.top_priority() is None and any(h.state == "idle" for h in self.pool.idle):
             if self.withdraw_stuck_reservations(now):
-                self.assign_idle_workers(now, wall)
+                for fill in self.assign_idle_workers(now, wall):
+                    fill.send(self, now, wall)
         else:
             self.withdraw_at = None
 
-    def assign_idle_workers(self, now: float, wall: float) -> None:
-        """Start a queued task on each idle worker; behind a task known to be
-        short, the same message carries the worker's next tasks (prefetch)."""
+    def assign_idle_workers(self, now: float, wall: float) -> list[_Fill]:
+        """Start a queued task on each idle worker. Returns their fills: the run
+        message each gets, to which prefetch may add the tasks that follow."""
         sched, limit = self.scheduler, self.config.concurrency
+        fills: list[_Fill] = []
         while sched.has_ready() and len(sched.running) < limit:
             handle = self.pool.take_idle()
             if handle is None:
-                return
+                break
             task = sched.next_ready()
             if task is None:
                 self.pool.idle.appendleft(handle)
-                return
+                break
             attempt = sched.start(task, handle.pid, now, wall)
             handle.state, handle.task_id = "busy", task.task_id
             if task.memory_limit_mb is not None and self.next_memory_check is None:
                 self.next_memory_check = now + WATCH_S
             try:
-                items = [encode(self._run_item(task, attempt))]
+                item = encode(self._run_item(task, attempt))
             except (TypeError, ValueError, KeyError) as exc:
                 handle.state, handle.task_id = "idle", None
                 self.pool.idle.appendleft(handle)
                 sched.finish(task.task_id, attempt, None, {"type": "DispatchError", "message": f"cannot build the task's arguments: {exc}", "traceback": None}, 0.0, now, wall)
                 continue
+            fill = _Fill(handle, item)
             if self.config.prefetch and self._known_short(task):
-                self._reserve_for(handle, items, now)
-            try:
-                self.workers_sock.send_multipart([handle.ident, encode_with_items({"t": wm.RUN}, items)], NOBLOCK)
-            except zmq.ZMQError as exc:  # the worker vanished between hello and now
-                self._kill_worker(handle, f"unreachable ({exc})", FailureReason.WORKER_LOST, now, wall)
+                # A worker just back from idle starts with a small reserve: the others
+                # may free up in a moment and should find the queue's next tasks.
+                self._open(fill, PREFETCH_WINDOW_S)
+            fills.append(fill)
+        return fills
 
-    def prefetch(self, now: float) -> None:
-        """Keep each busy worker a little ahead: when its reservations run low,
-        send it more, so it starts the next task the moment the current one ends
-        instead of waiting a round trip for us.
+    def refills(self, now: float, skip: set[int]) -> list[_Fill]:
+        """Busy workers whose reserves run low, opened for more work.
 
         Only behind a task known to be short that has not run long; only tasks
         of types without a concurrency limit; never past max_tasks_per_worker.
         Higher-priority arrivals displace reserved tasks (preempt_reservations)."""
+        fills = []
+        # Enough work to last a worker through our longest recent pass: while we
+        # validate a batch of thousands, nobody refills it.
+        budget = min(PREFETCH_WINDOW_MAX_S, max(PREFETCH_WINDOW_S, 1.5 * self.long_pass_s))
         for handle in self.pool.by_pid.values():
-            if handle.state != "busy" or handle.skips or len(handle.reserved) > handle.depth // 2 or self.pool.surplus(handle):
+            if handle.pid in skip or handle.state != "busy" or handle.skips or len(handle.reserved) > handle.depth // 2 or self.pool.surplus(handle):
                 continue
             # What it runs: its current task, or the reserved one it started without telling us yet.
             tid = handle.task_id if handle.task_id is not None else (handle.reserved[0] if handle.reserved else None)
@@ -297,60 +334,59 @@ class WorkerTraffic:
                 continue
             if handle.task_id is not None and now - current.deadline + current.timeout_s > PREFETCH_BEHIND_S:
                 continue  # already running long
-            items: list[bytes] = []
-            self._reserve_for(handle, items, now)
-            if items:
-                try:
-                    self.workers_sock.send_multipart([handle.ident, encode_with_items({"t": wm.RUN}, items)], NOBLOCK)
-                except zmq.ZMQError:
-                    self._release_reserved_tail(handle, len(items))  # dispatch proper will deal with the worker
-            if not self.scheduler.has_ready():
-                return
+            fill = _Fill(handle, None)
+            self._open(fill, budget)
+            if fill.room > 0:
+                fills.append(fill)
+        return fills
 
-    def _reserve_for(self, handle, items: list[bytes], now: float) -> None:
-        """Reserve queued tasks for `handle`, about PREFETCH_WINDOW_S of known
-        work, and append their run items to `items`."""
-        sched = self.scheduler
+    def _open(self, fill: _Fill, budget: float) -> None:
+        """Let `fill` take up to `budget` seconds of known work, within its worker's limits."""
+        handle = fill.handle
         if handle.reserved:
             last = self.store.get(handle.reserved[-1])
             if last is None or not self._known_short(last):
                 return  # nothing goes behind a task that is not known to be short
-        room = PREFETCH_MAX - len(handle.reserved)
+        room = min(REFILL_MAX, PREFETCH_MAX - len(handle.reserved))
         limit = self.config.max_tasks_per_worker
         if limit:
             room = min(room, limit - handle.tasks_done - 1 - len(handle.reserved))
-        # Enough work to last the worker through our longest recent pass: while we
-        # validate a batch of thousands, nobody refills it.
-        budget = min(PREFETCH_WINDOW_MAX_S, max(PREFETCH_WINDOW_S, 1.5 * self.long_pass_s))
-        added = 0
-        while room > 0 and budget > 0 and sched.has_ready():
-            task = sched.next_ready()
-            if task is None:
-                break
-            if task.task_type in sched.type_limits or task.timeout_s < PREFETCH_MIN_TIMEOUT_S:
-                sched.requeue(task)
-                break
-            attempt = sched.reserve(task, handle.pid)
-            try:
-                items.append(encode(self._run_item(task, attempt, prefetched=True)))
-            except (TypeError, ValueError, KeyError):
-                sched.unreserve(task)  # dispatch proper will fail it with the reason
-                break
-            if not handle.reserved:
-                handle.floor = task.priority
-            else:
-                handle.floor = min(handle.floor, task.priority)
-            handle.reserved.append(task.task_id)
-            room -= 1
-            added += 1
-            typical = self.typical_s.get(task.function or task.command[0])
-            if typical is None or typical > PREFETCH_BEHIND_S:
-                break  # nothing goes behind a task that is not known to be short
-            budget -= max(typical, PREFETCH_MIN_COST_S)
-        if added:
-            handle.depth = len(handle.reserved)
-            if self.poke_at is None:
-                self.poke_at = now + POKE_S
+        fill.room, fill.budget = room, budget
+
+    def _deal(self, fills: list[_Fill], now: float) -> None:
+        """Reserve queued tasks for the open fills, one each in turn, like cards:
+        workers running side by side then start the queue's tasks in about the
+        order they were queued (FIFO within a priority), not in blocks."""
+        sched = self.scheduler
+        open_fills = [f for f in fills if f.room > 0 and f.budget > 0]
+        while open_fills and sched.has_ready():
+            for fill in list(open_fills):
+                task = sched.next_ready()
+                if task is None:
+                    return
+                if task.task_type in sched.type_limits or task.timeout_s < PREFETCH_MIN_TIMEOUT_S:
+                    sched.requeue(task)
+                    return  # dispatch proper gives it to a worker of its own
+                handle = fill.handle
+                attempt = sched.reserve(task, handle.pid)
+                try:
+                    fill.items.append(encode(self._run_item(task, attempt, prefetched=True)))
+                except (TypeError, ValueError, KeyError):
+                    sched.unreserve(task)  # dispatch proper will fail it with the reason
+                    return
+                handle.floor = task.priority if not handle.reserved else min(handle.floor, task.priority)
+                handle.reserved.append(task.task_id)
+                fill.added += 1
+                fill.room -= 1
+                typical = self.typical_s.get(task.function or task.command[0])
+                if typical is None or typical > PREFETCH_BEHIND_S:
+                    fill.room = 0  # nothing goes behind a task that is not known to be short
+                else:
+                    fill.budget -= max(typical, PREFETCH_MIN_COST_S)
+                if fill.room <= 0 or fill.budget <= 0:
+                    open_fills.remove(fill)
+        if self.poke_at is None and any(f.added for f in fills):
+            self.poke_at = now + POKE_S
 
     def _release_reserved_tail(self, handle, n: int) -> None:
         """Reservations that never left (a failed send) go back to the queue."""
