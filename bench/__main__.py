@@ -28,6 +28,8 @@ from bench import env
 # Mirrors bench.peers.PEERS (not imported here: this must run before the venv exists).
 PEER_NAMES = ["pipelined", "ppe", "pipelined-volatile", "mp-pool", "loky", "pebble", "huey", "rq", "celery", "dask", "dramatiq"]
 WORKLOAD_NAMES = ["throughput", "latency", "timeout", "priority", "dag", "durability"]
+PAIR = "pipelined-pair"  # pipelined's A and B, run right before each peer for the ratios
+PAIRED_WORKLOADS = ["throughput", "latency"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--size takes WORKLOAD=N")
     if args.runs is None:
         args.runs = 1 if args.quick else 3
+    if args.runs < 3:
+        print(f"bench: --runs {args.runs}: figures of fewer than 3 runs are for development, not for the README", file=sys.stderr)
     return args
 
 
@@ -83,7 +87,7 @@ def main() -> int:
     doc = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": env.machine_info(),
            "packages": env.package_versions(), "install_failures": env.install_failures(), "runs": args.runs,
            "sizes": sizes.as_dict(), "peers": args.peers, "workloads": args.workloads,
-           "labels": {}, "raw": {p: {} for p in args.peers}, "leftovers": {}, "final_leftovers": []}
+           "labels": {}, "raw": {p: {} for p in args.peers}, "pairs": {}, "leftovers": {}, "final_leftovers": []}
     redis = None
     interrupted = False
     try:
@@ -91,15 +95,23 @@ def main() -> int:
             try:
                 redis = RedisServer(dict(os.environ))
                 print(f"bench: redis-server on {redis.url}", flush=True)
+                doc["packages"]["redis-server"] = redis.version
             except RedisUnavailable as exc:
                 print(f"bench: {exc}; the Redis-based peers will be reported as not started", flush=True)
                 doc["redis_error"] = str(exc)
+        # The ratios compare pipelined with each peer as measured right before it (a pair
+        # session: A and B only), so a drift of the machine's speed hits both sides.
+        paired = [w for w in PAIRED_WORKLOADS if w in args.workloads] if "pipelined" in args.peers else []
         for rep in range(args.runs):
             for peer in args.peers:
+                if paired and peer not in peers.BASELINES:
+                    print(f"bench: run {rep + 1}/{args.runs} pipelined (pair of {peer}) ...", flush=True)
+                    pair = {r.pop("workload"): {**r, "rep": rep} for r in run_session(PAIR, rep, args, sizes, scratch, redis, doc, paired)}
+                    doc["pairs"].setdefault(peer, []).append(pair)
                 print(f"bench: run {rep + 1}/{args.runs} {peer} ...", flush=True)
-                results = run_session(peer, rep, args, sizes, scratch, redis, doc)
+                results = run_session(peer, rep, args, sizes, scratch, redis, doc, args.workloads)
                 for r in results:
-                    doc["raw"][peer].setdefault(r.pop("workload"), []).append(r)
+                    doc["raw"][peer].setdefault(r.pop("workload"), []).append({**r, "rep": rep})
                 print("       " + "; ".join(f"{w}: {brief(rs[-1])}" for w, rs in doc["raw"][peer].items()), flush=True)
     except KeyboardInterrupt:
         interrupted = True
@@ -124,18 +136,17 @@ def interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_session(peer: str, rep: int, args, sizes, scratch: Path, redis, doc: dict) -> list[dict]:
-    """Run one peer's workloads in a child process; return its per-workload results."""
+def run_session(peer: str, rep: int, args, sizes, scratch: Path, redis, doc: dict, workloads: list[str]) -> list[dict]:
+    """Run one peer's `workloads` in a child process; return its per-workload results."""
     from bench import peers, procs
 
-    tmp = scratch / f"{rep}-{peer}"
-    tmp.mkdir(parents=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{rep}-{peer}-", dir=scratch))  # a peer's pair sessions run once per peer
     out = tmp / "results.jsonl"
     if peer in peers.NEEDS_REDIS:
         if redis is None:
-            return [{"workload": w, "status": "start_failed", "error": doc.get("redis_error", "no redis")} for w in args.workloads]
+            return [{"workload": w, "status": "start_failed", "error": doc.get("redis_error", "no redis")} for w in workloads]
         redis.flushall()  # every session starts from an empty broker
-    cfg = {"peer": peer, "workloads": args.workloads, "sizes": sizes.as_dict(), "tmp": str(tmp), "out": str(out),
+    cfg = {"peer": peer, "workloads": workloads, "sizes": sizes.as_dict(), "tmp": str(tmp), "out": str(out),
            "redis_url": redis.url if redis else None}
     (tmp / "config.json").write_text(json.dumps(cfg))
     session_mark = f"{rep}-{peer}-{uuid.uuid4().hex[:8]}"
@@ -156,7 +167,7 @@ def run_session(peer: str, rep: int, args, sizes, scratch: Path, redis, doc: dic
             doc["leftovers"].setdefault(peer, []).extend(left)
     results = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     done = {r["workload"] for r in results}
-    for w in args.workloads:
+    for w in workloads:
         if w not in done:
             why = f"session timed out after {args.session_timeout:g} s" if timed_out else \
                 f"session ended early (exit {proc.returncode}); see its log: {tail(tmp / 'session.log')}"

@@ -121,7 +121,7 @@ def machine_info() -> dict[str, object]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         # The lead edits pipelined while benchmarks run: say which files differed from the commit.
-        "git_dirty_files": [f.strip() for f in _git("status", "--porcelain", "--", "daemon", "client", "protocol").splitlines()],
+        "git_dirty_files": [f.strip() for f in _git("status", "--porcelain", "--", "daemon", "client", "protocol", "bench", ":(exclude)bench/results").splitlines()],
     }
 
 

@@ -63,6 +63,7 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.strip()
         cmd = [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
                "--dir", self.dir, "--daemonize", "no", "--protected-mode", "yes"]
         self.proc = procs.spawn(cmd, env=env, cwd=self.dir, log=os.path.join(self.dir, "redis.log"))

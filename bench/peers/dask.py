@@ -64,7 +64,10 @@ class DaskPeer(Peer):
         futs = self.client.map(peer_tasks.noop, range(n))
         wait(futs, timeout=900)
         dt = time.perf_counter() - t0
+        failed = sum(1 for f in futs if f.status != "finished")
         del futs
+        if failed:
+            raise RuntimeError(f"{failed} of {n} tasks did not finish")
         return {"tasks_per_s": n / dt, "n": n}
 
     def dag(self, n):

@@ -74,13 +74,14 @@ class HueyPeer(Peer):
         store = self.huey.storage
         before = store.result_store_size()
         t0 = time.perf_counter()
-        self.app.noop.map(range(n))
+        results = self.app.noop.map(range(n))
         deadline = time.monotonic() + 900
         while store.result_store_size() - before < n:
             if time.monotonic() > deadline:
                 raise RuntimeError("not all tasks finished")
             time.sleep(0.01)
         dt = time.perf_counter() - t0
+        results.get(timeout=60, **GET)  # error results count in the store too: raises TaskException
         store.flush_results()
         return {"tasks_per_s": n / dt, "n": n}
 

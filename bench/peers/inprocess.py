@@ -20,19 +20,20 @@ class InProcessPool(Peer):
     no_priority = "no priority feature (FIFO)"
 
     def throughput(self, n):
-        chunksize = map_chunksize(n)
-        t0 = time.perf_counter()
-        done = sum(1 for _ in self.map(peer_tasks.noop, range(n), chunksize))
-        dt = time.perf_counter() - t0
-        assert done == n
-        # Chunked map is not a per-task figure (a chunk is one message); also time one
-        # submit per task, the way the task queues are measured, for the notes.
+        # The headline is one submit per task: every task a future of its own, as the
+        # task queues measure it. Chunked map sends n/8 calls per message (one pickle,
+        # one result list): a different thing, kept as a side figure.
         t0 = time.perf_counter()
         handles = [self.call(peer_tasks.noop, i) for i in range(n)]
         for h in handles:
             self.get(h, 300)
         per_task = n / (time.perf_counter() - t0)
-        return {"tasks_per_s": n / dt, "n": n, "chunksize": chunksize, "per_task_submit_per_s": per_task}
+        chunksize = map_chunksize(n)
+        t0 = time.perf_counter()
+        done = sum(1 for _ in self.map(peer_tasks.noop, range(n), chunksize))
+        dt = time.perf_counter() - t0
+        assert done == n
+        return {"tasks_per_s": per_task, "n": n, "chunksize": chunksize, "map_per_s": n / dt}
 
     def map(self, fn, items, chunksize):
         raise NotImplementedError

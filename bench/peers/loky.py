@@ -13,7 +13,7 @@ from bench.peers.inprocess import InProcessPool
 class LokyPeer(InProcessPool):
     no_timeout = "no per-task timeout (its timeout= is the idle-worker timeout)"
     notes: ClassVar[dict[str, str]] = {
-        "throughput": "get_reusable_executor(2).map(chunksize=n/8)",
+        "throughput": "executor.submit per task, then future.result() of each; side figure: get_reusable_executor(2).map(chunksize=n/8)",
         "latency": "submit + future.result",
         "dag": "no dependency feature",
     }

@@ -12,7 +12,7 @@ from bench.peers.inprocess import InProcessPool
 class MultiprocessingPoolPeer(InProcessPool):
     no_timeout = "no per-task timeout (AsyncResult.get(timeout=) only stops waiting)"
     notes: ClassVar[dict[str, str]] = {
-        "throughput": "Pool.map (its default chunksize, n/8)",
+        "throughput": "Pool.apply_async per task, then get() of each; side figure: Pool.map (its default chunksize, n/8)",
         "latency": "apply_async + get",
         "dag": "no dependency feature",
     }

@@ -13,7 +13,7 @@ from bench.peers.inprocess import InProcessPool
 
 class PebblePeer(InProcessPool):
     notes: ClassVar[dict[str, str]] = {
-        "throughput": "ProcessPool.map(chunksize=n/8)",
+        "throughput": "ProcessPool.submit(fn, None) per task, then future.result() of each; side figure: ProcessPool.map(chunksize=n/8)",
         "latency": "submit(fn, None) + future.result",
         "timeout": "submit(fn, 0.5): pebble stops the worker process and starts another",
         "dag": "no dependency feature",
