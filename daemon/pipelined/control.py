@@ -32,6 +32,15 @@ NOBLOCK = int(zmq.NOBLOCK)
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 RCVMORE = int(zmq.RCVMORE)
+SNDMORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
+
+
+def send_frames(sock: zmq.Socket, head: list[bytes], data: bytes) -> None:
+    """send_multipart without its per-frame enum arithmetic (a hot path)."""
+    send = sock.send
+    for frame in head:
+        send(frame, SNDMORE_NOBLOCK)
+    send(data, NOBLOCK)
 
 
 _socket_gid: int | None = None  # set once by main from `socket_group`, before the supervisor binds
@@ -115,7 +124,7 @@ def send_reply(sock: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -
     except (TypeError, ValueError) as exc:
         data = encode(error(ErrorCode.INTERNAL, f"reply could not be encoded: {exc}", reply.get("rid")))
     try:
-        sock.send_multipart([*envelope, data], NOBLOCK)
+        send_frames(sock, envelope, data)
     except zmq.Again:
         log.warning("dropping a reply: the client is not reading")
     except zmq.ZMQError as exc:

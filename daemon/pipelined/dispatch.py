@@ -33,7 +33,7 @@ from pipeline_protocol import FailureReason, TaskState, decode, encode
 from pipeline_protocol import worker_messages as wm
 from pipeline_protocol.codec import encode_with_items, substitute_refs
 
-from .control import NOBLOCK
+from .control import NOBLOCK, send_frames
 from .gates import WATCH_S, tree_rss_mb
 from .pool import describe_exit
 from .task import Task
@@ -79,7 +79,7 @@ class _Fill:
         if self.added:
             handle.depth = len(handle.reserved)
         try:
-            traffic.workers_sock.send_multipart([handle.ident, encode_with_items({"t": wm.RUN}, self.items)], NOBLOCK)
+            send_frames(traffic.workers_sock, [handle.ident], encode_with_items({"t": wm.RUN}, self.items))
         except zmq.ZMQError as exc:
             if len(self.items) > self.added:  # it was to start a task: the worker is unreachable
                 traffic._kill_worker(handle, f"unreachable ({exc})", FailureReason.WORKER_LOST, now, wall)
@@ -206,7 +206,7 @@ class WorkerTraffic:
 
     def _send_worker(self, handle, msg: dict) -> bool:
         try:
-            self.workers_sock.send_multipart([handle.ident, encode(msg)], NOBLOCK)
+            send_frames(self.workers_sock, [handle.ident], encode(msg))
             return True
         except zmq.ZMQError as exc:
             log.warning("worker %d: cannot send (%s)", handle.pid, exc)

@@ -15,6 +15,7 @@ supervisor.
 
 from __future__ import annotations
 
+import _signal  # getsignal without the enum conversion of signal.getsignal (per task)
 import ctypes
 import importlib
 import os
@@ -38,6 +39,7 @@ from pipeline_protocol import worker_messages as wm
 from . import titles
 
 PR_SET_PDEATHSIG = 1
+SIGUSR1 = int(signal.SIGUSR1)
 NOBLOCK = int(zmq.NOBLOCK)
 EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's enum lookups cost more than the calls
 POLLIN = int(zmq.POLLIN)
@@ -195,7 +197,8 @@ def _serve(slot: int, endpoint: str) -> None:
     sock.connect(endpoint)
     sock.send(encode({"t": wm.HELLO, "pid": os.getpid(), "slot": slot}))
     inbox = _Inbox(sock)
-    signal.signal(signal.SIGUSR1, inbox.on_usr1)
+    on_usr1 = inbox.on_usr1
+    signal.signal(signal.SIGUSR1, on_usr1)
     idle_title = f"pipelined: worker {slot} idle"
     while True:
         if not inbox.runs:
@@ -215,7 +218,7 @@ def _serve(slot: int, endpoint: str) -> None:
             inbox.gather()
             inbox.flush()  # with "next": this task started
         titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
-        if signal.getsignal(signal.SIGUSR1) != inbox.on_usr1:
+        if _signal.getsignal(SIGUSR1) != on_usr1:
             signal.signal(signal.SIGUSR1, inbox.on_usr1)  # a previous task took it over
         inbox.interruptible = True
         try:
