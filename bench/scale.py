@@ -49,9 +49,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline_client import Client
-
 from bench.daemon import REPO, BenchDaemon
+from pipeline_client import Client
 
 NOOP = "bench.tasks:noop"
 GATE = "bench.tasks:wait_for_file"

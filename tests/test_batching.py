@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from pipeline_client import RequestError, TaskFailed
 
 from .conftest import wait_for

@@ -15,8 +15,8 @@ import threading
 import time
 
 import pytest
-from pipeline_client import AsyncClient, Client, DaemonUnreachable, Executor, PipelineError, RequestError, TaskCancelled, TaskFailed
 
+from pipeline_client import AsyncClient, Client, DaemonUnreachable, Executor, PipelineError, RequestError, TaskCancelled, TaskFailed
 from tests import tasks
 
 from .conftest import REPO, wait_for

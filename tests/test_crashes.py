@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from pipeline_client import TaskFailed
 
 from .conftest import wait_for

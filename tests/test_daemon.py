@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+
 from pipeline_client import Client, Ref, RequestError, TaskCancelled, TaskFailed
 from pipeline_client.errors import DaemonUnreachable
 from pipeline_protocol import decode, encode

@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import psutil
 import pytest
+
 from pipeline_client import Client, Ref
 from pipeline_client.errors import DaemonUnreachable, RequestError
 from pipeline_protocol import decode, encode

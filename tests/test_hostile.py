@@ -11,6 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+
 from pipeline_client import Client
 from pipeline_protocol import ErrorCode, Ref, decode, encode
 

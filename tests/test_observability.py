@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_client import top
-from pipeline_client.watch import EventWatcher, watch_events
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline_client import top
+from pipeline_client.watch import EventWatcher, watch_events
 from tests.conftest import REPO, wait_for
 from tests.helpers import wait_status
 

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from pipeline_client.pipeline import (
     MAX_SHARDS,
     PipelineFileError,

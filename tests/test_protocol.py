@@ -9,6 +9,7 @@ import textwrap
 
 import msgpack
 import pytest
+
 from pipeline_protocol import (
     OPS,
     PROTOCOL_VERSION,

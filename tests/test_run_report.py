@@ -9,6 +9,7 @@ import os
 import re
 
 import pytest
+
 from pipeline_client.pipeline import load_pipeline
 from pipeline_client.progress import LineLog, LiveLine, progress_line, snapshot
 from pipeline_client.report import critical_path, run_document, stage_document, stage_status, summary_view

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+
 from pipeline_protocol import ErrorCode, FailureReason, ProtocolError, Ref, TaskState
 from pipelined.scheduler import BACKOFF_CAP_S, Scheduler
 from pipelined.store import TaskStore

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline_client import Client, Ref, TaskFailed
-from pipeline_client.errors import PipelineError
-
 from bench import peer_tasks, procs
 from bench.peers.base import WORKERS, Peer, kill_tree, python
 from bench.workloads import latency_summary
+from pipeline_client import Client, Ref, TaskFailed
+from pipeline_client.errors import PipelineError
 
 BATCH = 1_000
 

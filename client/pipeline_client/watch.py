@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import zmq
+
 from pipeline_protocol import decode
 from pipeline_protocol.paths import endpoint, events_socket_path
 

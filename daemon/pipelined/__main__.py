@@ -1,4 +1,5 @@
-from .main import main
 import sys
+
+from .main import main
 
 sys.exit(main())

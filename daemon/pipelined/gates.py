@@ -12,9 +12,8 @@ the tree and the task fails with reason `memory_limit`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import time
+from dataclasses import dataclass
 
 import psutil
 

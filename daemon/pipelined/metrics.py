@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from pipeline_protocol import END_STATES, TaskState
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from pipeline_protocol import END_STATES, TaskState
 
 from . import __version__
 from .task import Task

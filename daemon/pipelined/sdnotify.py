@@ -14,7 +14,6 @@ import os
 import socket
 import time
 
-
 NOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 

@@ -32,9 +32,9 @@ from typing import Any
 import zmq
 
 from pipeline_protocol import decode, encode
+from pipeline_protocol import worker_messages as wm
 from pipeline_protocol.codec import MAX_PAYLOAD_BYTES
 from pipeline_protocol.tasks import too_deep
-from pipeline_protocol import worker_messages as wm
 
 from . import titles
 

@@ -7,7 +7,7 @@ Imports nothing from the daemon or the client, and needs only msgpack.
 
 from .codec import Ref, decode, encode
 from .errors import ErrorCode, ProtocolError
-from .messages import PROTOCOL_VERSION, OPS, error, ok, request
+from .messages import OPS, PROTOCOL_VERSION, error, ok, request
 from .model import (
     END_STATES,
     PRIORITY_NAMES,
