@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,9 +36,11 @@ class BenchDaemon:
                 raise RuntimeError("pipelined did not start")
             time.sleep(0.02)
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(30)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)  # runtime dir and journal
 
     def __enter__(self) -> BenchDaemon:
         return self
