@@ -227,12 +227,10 @@ class Supervisor(WorkerTraffic):
             self.watch_memory(now, wall)
         self.scheduler.promote_due(now)
         self.answer_waiters(now)
-        # Workers get their tasks before we write: they run while we commit. A
-        # crash before the commit loses nothing accepted (no reply has left yet).
-        self.dispatch(now, wall)
         if self.outbox:
             self.commit(now)  # every reply leaves after the state it reports is on disk
             self.send_replies()
+        self.dispatch(now, wall)
         if self.poke_at is not None and now >= self.poke_at:
             self.poke_silent_workers(now)
         self.commit_if_due(now)
