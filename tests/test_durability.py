@@ -629,6 +629,14 @@ def _v1_spec(task_id: str, function: str, args: list, dependencies: list[str] = 
 
 
 @pytest.mark.timeout(30)
+def test_new_journal_is_built_at_the_current_schema_without_migration_messages(make_daemon):
+    d = make_daemon(workers=1)
+    assert d.client.call(STEP, [os.devnull, "fresh", 1]) == 1
+    assert read_journal(d, "PRAGMA user_version") == [(3,)]
+    assert "migrated" not in d.log()  # nothing was migrated: the operator is not told so
+
+
+@pytest.mark.timeout(30)
 def test_schema_v1_journal_is_migrated(make_daemon, tmp_path):
     d = make_daemon(workers=2, start=False)
     path = journal_path(d)

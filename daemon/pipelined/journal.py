@@ -145,16 +145,17 @@ class Journal(TaskStore):
         self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         self.db.execute("PRAGMA user_version = 1")
         self.db.execute("COMMIT")
-        self._migrate(1)
+        self._migrate(1, quiet=True)  # a new journal: the migrations are how it is built, not news
 
-    def _migrate(self, version: int) -> None:
+    def _migrate(self, version: int, quiet: bool = False) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             while version < SCHEMA_VERSION:
                 for stmt in _MIGRATIONS[version]:
                     self.db.execute(stmt)
                 version += 1
-                log.info("journal %s: migrated to schema version %d", self.path, version)
+                if not quiet:
+                    log.info("journal %s: migrated to schema version %d", self.path, version)
             self.db.execute(f"PRAGMA user_version = {version}")
             self.db.execute("COMMIT")
         except BaseException:
