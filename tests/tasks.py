@@ -249,3 +249,14 @@ def spin(seconds):
     while time.monotonic() < deadline:
         n += 1
     return n
+
+
+def gil_bound(log_path, tag):
+    """Log a run, then stay inside one C call that holds the GIL (no Python signal
+    handler can run) for minutes: only a kill ends it."""
+    durable_step(log_path, tag, 0)
+    return sum(range(10**11))
+
+
+def tuple_keyed(value):
+    return {(value,): value}  # encodes (as an array key) but cannot be decoded

@@ -7,7 +7,9 @@ each task's real start, and `Client.call` (submit and wait in one exchange).
 
 from __future__ import annotations
 
+import os
 import time
+from collections import Counter
 
 import pytest
 
@@ -136,3 +138,73 @@ def test_async_call(make_daemon):
             return results
 
     assert asyncio.run(main()) == [i * i for i in range(20)]
+
+
+@pytest.mark.timeout(90)
+def test_cancelling_batched_tasks_makes_no_other_task_run_twice(make_daemon, tmp_path):
+    """Cancels land while their runs are in flight: the worker may already have run
+    a cancelled task, and the ends after it in the same message are real results
+    (they once were dropped, and those tasks ran a second time)."""
+    d = make_daemon(workers=2)
+    c = d.client
+    log = str(tmp_path / "runs.log")
+    _learn_short(c, "tests.tasks:durable_step", [os.devnull, "warm", 0])
+    ids = [f"t{i}" for i in range(3000)]
+    c.submit_many([{"function": "tests.tasks:durable_step", "args": [log, tid, 1], "task_id": tid, "max_retries": 0} for tid in ids])
+    for tid in ids[50::7]:
+        c.cancel(tid)
+    out = c.wait(ids, timeout=60)
+    assert not out["pending"]
+    with open(log) as f:
+        runs = Counter(line.strip() for line in f)
+    assert [tid for tid, n in runs.items() if n > 1] == [], [l for l in d.log().splitlines() if "kill" in l or "WARN" in l or "ERROR" in l][:20]
+    for rec in out["tasks"]:
+        if rec["status"] != "cancelled":
+            assert (rec["status"], rec["reason"], rec["retry_count"]) == ("completed", None, 0), rec
+    assert all(runs[rec["task_id"]] == 1 for rec in out["tasks"] if rec["status"] == "completed")
+
+
+@pytest.mark.timeout(60)
+def test_a_task_hung_in_c_code_takes_no_other_result_with_it(make_daemon, tmp_path):
+    """Short tasks run just before one that hangs inside a GIL-holding C call and is
+    killed at its deadline: their results were sent before it started, so each ran
+    once and completed, and the timeout is charged to the hung task alone."""
+    d = make_daemon(workers=1)
+    c = d.client
+    log = str(tmp_path / "runs.log")
+    _learn_short(c, "tests.tasks:durable_step", [os.devnull, "warm", 0])
+    ids = [f"t{i}" for i in range(300)]
+    specs = [{"function": "tests.tasks:durable_step", "args": [log, tid, 1], "task_id": tid, "max_retries": 0, "timeout": 1.5} for tid in ids]
+    specs[200] = {"function": "tests.tasks:gil_bound", "args": [log, "t200"], "task_id": "t200", "max_retries": 0, "timeout": 1.5}
+    c.submit_many(specs)
+    out = c.wait(ids, timeout=40)
+    assert not out["pending"]
+    by_id = {rec["task_id"]: rec for rec in out["tasks"]}
+    assert (by_id["t200"]["status"], by_id["t200"]["reason"]) == ("failed", "timeout")
+    wrong = {tid: (rec["status"], rec["reason"]) for tid, rec in by_id.items() if tid != "t200" and rec["status"] != "completed"}
+    assert wrong == {}
+    with open(log) as f:
+        runs = Counter(line.strip() for line in f)
+    assert {tid: n for tid, n in runs.items() if n != 1} == {}
+    assert set(runs) == set(ids)
+
+
+@pytest.mark.timeout(60)
+def test_a_result_that_would_not_decode_fails_only_its_own_task(make_daemon):
+    """A dict keyed by a tuple encodes, but comes back with an unhashable list as a key:
+    the worker checks that a result decodes, so the task fails with a clear error and
+    the worker (and the tasks batched with it) carry on."""
+    d = make_daemon(workers=1)
+    c = d.client
+    _learn_short(c, "tests.tasks:square", [1])
+    specs = [{"function": "tests.tasks:square", "args": [i], "max_retries": 0} for i in range(200)]
+    specs[100] = {"function": "tests.tasks:tuple_keyed", "args": [7], "max_retries": 0}
+    pid = c.workers()[0]["pid"]
+    ids = c.submit_many(specs)
+    out = c.wait(ids, timeout=30)
+    by_id = {rec["task_id"]: rec for rec in out["tasks"]}
+    bad = by_id[ids[100]]
+    assert (bad["status"], bad["reason"], bad["error"]["type"]) == ("failed", "error", "UnencodableResult")
+    assert "dict keys must be" in bad["error"]["message"]
+    assert [by_id[t]["result"] for t in ids[:100] + ids[101:]] == [i * i for i in range(200) if i != 100]
+    assert [w["pid"] for w in c.workers()] == [pid]  # never killed

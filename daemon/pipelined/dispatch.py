@@ -55,7 +55,7 @@ PREFETCH_MAX = 128  # tasks reserved for one worker, at most
 REFILL_MAX = 32  # tasks added to one worker per pass: reserves grow over passes, in dealt order
 PREFETCH_MIN_COST_S = 0.00005  # what a task costs at least, overheads included
 PREFETCH_MIN_TIMEOUT_S = 1.0  # shorter timeouts are never reserved (their deadlines must be exact)
-POKE_S = 0.02  # a worker silent this long while it holds reservations is asked to report
+STALE_GRACE_S = 0.05  # how long a cancelled task that runs may take to end before its worker is killed
 RESIGNAL_S = 0.05  # an unanswered skip is signalled again this often
 
 
@@ -108,7 +108,6 @@ class WorkerTraffic:
                 continue
             if handle.state == "killed":
                 continue  # its last words; we already gave up on its tasks
-            handle.heard_at = now
             try:
                 if kind == wm.DONE:
                     self._on_done(handle, msg, now, wall)
@@ -135,6 +134,13 @@ class WorkerTraffic:
         for item in msg["items"]:
             tid = item["id"]
             if handle.task_id is None and handle.reserved and handle.reserved[0] == tid:
+                if self._stale(handle, tid):
+                    # Cancelled while its run was in flight, and already over: there is
+                    # nothing left to stop, and the ends after it are real results.
+                    handle.reserved.popleft()
+                    handle.skips.pop(tid, None)
+                    handle.tasks_done += 1
+                    continue
                 if not self._start_reserved(handle, tid, item.get("s"), now, wall):
                     return
             if handle.state != "busy" or handle.task_id != tid:
@@ -151,7 +157,7 @@ class WorkerTraffic:
                 if task.state is TaskState.FAILED:
                     log.info("task %s: failed (%s)", tid, (task.error or {}).get("type"))
             handle.tasks_done += 1
-            handle.task_id = None
+            handle.task_id = handle.stop_at = None
         if msg.get("next") is not None:
             self._start_reserved(handle, msg["next"], msg.get("ns"), now, wall)
         elif handle.task_id is None and not handle.reserved and handle.state == "busy":
@@ -161,17 +167,20 @@ class WorkerTraffic:
         """The worker started the prefetched task at the head of its reservations,
         at `started` (monotonic, reported by the worker). False if it was killed."""
         if not handle.reserved or handle.reserved[0] != task_id or handle.task_id is not None:
-            log.error("worker %d started %r, which it was not given next; killing it", handle.pid, task_id)
+            log.error("worker %d started %r, which it was not given next (running %r, next reserved %r); killing it",
+                      handle.pid, task_id, handle.task_id, handle.reserved[0] if handle.reserved else None)
             self._kill_worker(handle, "protocol error", FailureReason.WORKER_LOST, now, wall)
             return False
+        if self._stale(handle, task_id):
+            # Cancelled while the run was in flight, and running now: it must not go on.
+            handle.reserved.popleft()
+            handle.skips.pop(task_id, None)
+            handle.state, handle.task_id = "busy", task_id
+            self.stop_running(handle, now)
+            return True
         handle.reserved.popleft()
         why = handle.skips.pop(task_id, None)
         task = self.store.get(task_id)
-        if task is None or task.state is not TaskState.QUEUED or task.reserved_by != handle.pid:
-            # Cancelled while the run was in flight: it must not go on running.
-            handle.state, handle.task_id = "busy", None
-            self._kill_worker(handle, f"stale start of task {task_id}", FailureReason.WORKER_LOST, now, wall)
-            return False
         if why is not None:
             log.debug("task %s: started before the worker saw the skip (%s)", task_id, why)
         # The same clock in every process; never trust a start in the future.
@@ -181,6 +190,11 @@ class WorkerTraffic:
         if task.memory_limit_mb is not None and self.next_memory_check is None:
             self.next_memory_check = now + WATCH_S
         return True
+
+    def _stale(self, handle, task_id: Any) -> bool:
+        """Is the reserved task no longer this worker's to run (cancelled, or withdrawn)?"""
+        task = self.store.get(task_id)
+        return task is None or task.state is not TaskState.QUEUED or task.reserved_by != handle.pid
 
     def _on_skipped(self, handle, task_ids: list) -> None:
         for task_id in task_ids:
@@ -250,6 +264,8 @@ class WorkerTraffic:
                 self.pool.spawn(handle.slot)
 
     def enforce_deadlines(self, now: float, wall: float) -> None:
+        if self.stop_at is not None and now >= self.stop_at:
+            self._stop_stale_runs(now, wall)
         for task in self.scheduler.expired(now):
             handle = self.pool.by_pid.get(task.worker_pid)
             late_ms = (now - task.deadline) * 1000 if task.deadline is not None else 0.0
@@ -259,6 +275,26 @@ class WorkerTraffic:
             else:
                 self.scheduler.lose(task.task_id, FailureReason.TIMEOUT, error, now, wall)
             log.info("task %s: timed out after %gs (killed %.1f ms past the deadline)", task.task_id, task.timeout_s, late_ms)
+
+    def stop_running(self, handle, now: float) -> None:
+        """The task `handle` runs was cancelled: kill its worker unless the task ends
+        within STALE_GRACE_S. Not at once: a short task has often ended already and
+        the worker started the next one, whose start is on its way to us; a kill now
+        would lose that one (it would run again)."""
+        handle.stop_at = now + STALE_GRACE_S
+        self.stop_at = handle.stop_at if self.stop_at is None else min(self.stop_at, handle.stop_at)
+
+    def _stop_stale_runs(self, now: float, wall: float) -> None:
+        """Kill the workers still running a cancelled task past their grace."""
+        self.stop_at = None
+        for handle in list(self.pool.by_pid.values()):
+            if handle.stop_at is None or handle.state != "busy":
+                continue
+            if now >= handle.stop_at:
+                handle.stop_at = None
+                self._kill_worker(handle, f"cancel of task {handle.task_id}", FailureReason.WORKER_LOST, now, wall)
+            else:
+                self.stop_at = handle.stop_at if self.stop_at is None else min(self.stop_at, handle.stop_at)
 
     def dispatch(self, now: float, wall: float) -> None:
         if self.draining:
@@ -327,6 +363,8 @@ class WorkerTraffic:
         for handle in self.pool.by_pid.values():
             if handle.pid in skip or handle.state != "busy" or handle.skips or len(handle.reserved) > handle.depth // 2 or self.pool.surplus(handle):
                 continue
+            if handle.stop_at is not None:
+                continue  # it runs a cancelled task, and may be killed any moment
             # What it runs: its current task, or the reserved one it started without telling us yet.
             tid = handle.task_id if handle.task_id is not None else (handle.reserved[0] if handle.reserved else None)
             current = self.store.get(tid) if tid is not None else None
@@ -385,8 +423,6 @@ class WorkerTraffic:
                     fill.budget -= max(typical, PREFETCH_MIN_COST_S)
                 if fill.room <= 0 or fill.budget <= 0:
                     open_fills.remove(fill)
-        if self.poke_at is None and any(f.added for f in fills):
-            self.poke_at = now + POKE_S
 
     def _release_reserved_tail(self, handle, n: int) -> None:
         """Reservations that never left (a failed send) go back to the queue."""
@@ -464,22 +500,6 @@ class WorkerTraffic:
             os.kill(handle.pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass
-
-    def poke_silent_workers(self, now: float) -> None:
-        """A worker holding reservations reports at least every HOLD_S while its
-        tasks are short. Silence means a task runs long: ask it to report the
-        ends it holds and what it runs now (flush + SIGUSR1), so results are not
-        held back and deadlines count from the real start."""
-        self.poke_at = None
-        for handle in self.pool.by_pid.values():
-            if not handle.reserved or handle.state != "busy":
-                continue
-            due = max(handle.heard_at, handle.signalled_at) + POKE_S
-            if now >= due:
-                self._send_worker(handle, {"t": wm.FLUSH})
-                self._signal(handle, now)
-                due = now + POKE_S
-            self.poke_at = due if self.poke_at is None else min(self.poke_at, due)
 
     def preempt_reservations(self) -> None:
         """Strict priority: a queued task that outranks a reserved one takes its

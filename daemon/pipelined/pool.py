@@ -38,7 +38,7 @@ PR_SET_CHILD_SUBREAPER = 36
 class WorkerHandle:
     """The supervisor's view of one worker process."""
 
-    __slots__ = ("slot", "pid", "ident", "state", "task_id", "attempt", "tasks_done", "started_at", "kill_reason", "reserved", "skips", "signalled_at", "heard_at", "depth", "floor")
+    __slots__ = ("slot", "pid", "ident", "state", "task_id", "attempt", "tasks_done", "started_at", "kill_reason", "reserved", "skips", "signalled_at", "stop_at", "depth", "floor")
 
     def __init__(self, slot: int, pid: int):
         self.slot = slot
@@ -52,8 +52,8 @@ class WorkerHandle:
         self.kill_reason: str | None = None
         self.reserved: deque[str] = deque()  # prefetched task ids, sent but not started
         self.skips: dict[str, str] = {}  # reserved task id -> why we asked the worker to drop it
-        self.signalled_at = 0.0  # monotonic time of our last SIGUSR1 (skip, flush) to it
-        self.heard_at = 0.0  # monotonic time of its last message
+        self.signalled_at = 0.0  # monotonic time of our last SIGUSR1 (a skip) to it
+        self.stop_at: float | None = None  # it runs a task cancelled in flight: killed if still at it then
         self.depth = 0  # reservations after the last refill: refilled at half
         self.floor = 0  # lowest priority among its reservations (preemption check)
 

@@ -105,8 +105,8 @@ class Supervisor(WorkerTraffic):
         self.next_memory_check: float | None = None  # set while a running task has memory_limit_mb
         self.long_pass_s = 0.0  # the longest recent pass of the loop, and when it was
         self.long_pass_at = 0.0
-        self.poke_at: float | None = None  # when a silent worker holding reservations is asked to report
         self.withdraw_at: float | None = None  # when a prefetched task may be taken back for an idle worker
+        self.stop_at: float | None = None  # when a worker still running a task cancelled in flight is killed
         self.next_prune = time.monotonic()
         self.config_path: str | None = None  # re-read on SIGHUP
         self.reload_config: Any = None  # callable returning a new Config (main.py sets it)
@@ -231,8 +231,6 @@ class Supervisor(WorkerTraffic):
             self.commit(now)  # every reply leaves after the state it reports is on disk
             self.send_replies()
         self.dispatch(now, wall)
-        if self.poke_at is not None and now >= self.poke_at:
-            self.poke_silent_workers(now)
         self.commit_if_due(now)
         if not ready:
             self.store.checkpoint(idle=True)  # a pass woken by a timer alone: a quiet moment
@@ -286,7 +284,7 @@ class Supervisor(WorkerTraffic):
         gate_at = self.gate.next_check() if self.gate_hold else None
         http_at = self.http.next_deadline() if self.http is not None else None  # http: a slow client's budget
         timers = (self.scheduler.next_wakeup(), self.waiters.next_deadline(), self.drain_deadline, self.next_prune,
-                  commit_at, self.notify.next_watchdog, gate_at, self.next_memory_check, self.withdraw_at, self.poke_at, self.title_at, http_at)
+                  commit_at, self.notify.next_watchdog, gate_at, self.next_memory_check, self.withdraw_at, self.stop_at, self.title_at, http_at)
         due = [t for t in timers if t is not None]
         if not due:
             return None
@@ -406,9 +404,7 @@ class Supervisor(WorkerTraffic):
             return self.scheduler.cancel(task, now, wall)
         handle = self.pool.by_pid.get(task.worker_pid)
         if handle is not None and handle.task_id == task.task_id:
-            self.pool.kill(handle, f"cancel of task {task.task_id}")
-            handle.task_id = None
-            self._release_reserved(handle)
+            self.stop_running(handle, now)
         self.scheduler.cancel_running(task, now, wall)
         return True
 

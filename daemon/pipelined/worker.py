@@ -97,7 +97,7 @@ def _max_fd() -> int:
 
 class _Inbox:
     """The worker's side of the channel: runs received but not started, done
-    items not sent yet, and the answers to skips and flushes.
+    item not sent yet, and the answers to skips.
 
     Runs may arrive while a task runs (prefetch, flagged "p"): the worker tells
     the supervisor when such a task really starts, in a done message ("next",
@@ -108,16 +108,14 @@ class _Inbox:
         self.sock = sock
         self.runs: deque[dict] = deque()
         self.exit: dict | None = None
-        self.held: list[dict] = []  # done items not sent yet, in order
-        self.held_since = 0.0
-        self.held_bytes = 0
+        self.held: list[dict] = []  # done items not sent yet, in order (at most the last task's)
         self.current: dict | None = None  # the run item being executed
         self.announced = True  # the supervisor knows `current` started
         self.interruptible = False  # True only while a task runs: the socket is ours to use then
         self.poked = False  # a SIGUSR1 came while we could not answer it
 
     def on_usr1(self, signum: int, frame: Any) -> None:
-        """The supervisor wants an answer now (a skip, or a flush of held ends).
+        """The supervisor wants an answer now (to a skip).
 
         Answers between the bytecodes of the task, never inside our own socket
         calls (pyzmq runs signal handlers inside a blocking recv): outside a task
@@ -128,12 +126,20 @@ class _Inbox:
         if not self.interruptible:
             self.poked = True
             return
-        self.poked = False
-        # The signal can overtake the message it announces (ZeroMQ delivers
-        # through its I/O thread): give the message a moment to land.
-        if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
-            self.gather()
-        self.flush()
+        # Not re-entered: pyzmq runs handlers inside its own blocking calls, so a
+        # second signal would otherwise nest a socket call in ours. It is noted and
+        # answered before the next task instead; and nothing raises into the task.
+        self.interruptible, self.poked = False, False
+        try:
+            # The signal can overtake the message it announces (ZeroMQ delivers
+            # through its I/O thread): give the message a moment to land.
+            if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
+                self.gather()
+            self.flush()
+        except zmq.ZMQError:
+            self.poked = True  # try again before the next task starts
+        finally:
+            self.interruptible = True
 
     def take(self, msg: dict) -> None:
         kind = msg.get("t")
@@ -148,29 +154,22 @@ class _Inbox:
                 self.sock.send(encode({"t": wm.SKIPPED, "ids": dropped}))
         elif kind == wm.EXIT:
             self.exit = msg
-        # FLUSH needs nothing here: whoever gathered it flushes next.
 
     def gather(self) -> int:
         """Take whatever already arrived, without waiting; returns how many messages."""
         n = 0
         sock = self.sock
         while sock.getsockopt(EVENTS) & POLLIN:
-            self.take(decode(sock.recv(NOBLOCK)))
+            try:
+                data = sock.recv(NOBLOCK)
+            except zmq.Again:  # EVENTS may report a message a moment before it can be read
+                break
+            self.take(decode(data))
             n += 1
         return n
 
     def wait(self) -> None:
         self.take(decode(self.sock.recv()))
-
-    def hold(self, item: dict, size: int) -> None:
-        if not self.held:
-            self.held_since = item["s"] + item["exec_s"]
-        self.held.append(item)
-        self.held_bytes += size
-
-    def due(self, now: float) -> bool:
-        """Send the held items now rather than with the next task's end?"""
-        return bool(self.held) and (len(self.held) >= wm.HOLD_MAX or self.held_bytes >= wm.HOLD_BYTES or now - self.held_since >= wm.HOLD_S)
 
     def flush(self) -> None:
         """Send the held done items, and say that `current` started if we have not."""
@@ -185,7 +184,7 @@ class _Inbox:
             if announce:
                 msg["next"], msg["ns"] = cur["id"], cur["s"]
             self.sock.send(encode(msg))
-            self.held, self.held_bytes = [], 0
+            self.held = []
         self.announced = True
 
 
@@ -210,13 +209,16 @@ def _serve(slot: int, endpoint: str) -> None:
             inbox.wait()
             continue
         msg = inbox.runs.popleft()
-        msg["s"] = started = time.monotonic()
+        msg["s"] = time.monotonic()
         inbox.current = msg
         inbox.announced = not msg.get("p")
-        if inbox.poked or inbox.due(started):
+        if inbox.poked or inbox.held or not inbox.announced:
+            # The last task's end leaves before this one starts, naming it ("next"):
+            # were this one to hang, crash or be killed, no finished result dies with
+            # it, and the supervisor always knows which task runs (its deadline too).
             inbox.poked = False
             inbox.gather()
-            inbox.flush()  # with "next": this task started
+            inbox.flush()
         titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
         if _signal.getsignal(SIGUSR1) != on_usr1:
             signal.signal(signal.SIGUSR1, inbox.on_usr1)  # a previous task took it over
@@ -227,8 +229,7 @@ def _serve(slot: int, endpoint: str) -> None:
             item = _execute(msg)
         finally:
             inbox.interruptible = False
-        data, item = _checked_done(item)
-        inbox.hold(item, len(data) if data is not None else 0)
+        inbox.held.append(_checked_done(item))
         if not inbox.runs:
             inbox.gather()  # more work may have come while we ran
     inbox.flush()
@@ -264,28 +265,34 @@ def _execute(msg: dict) -> dict:
 _PLAIN = (type(None), bool, int, float)
 
 
-def _checked_done(item: dict) -> tuple[bytes | None, dict]:
-    """The done item, made sure to travel: a result that is too deep, not
-    encodable or too large becomes an error. Returns (its encoding if it had
-    to be checked, the item); plain scalars need no check."""
+def _checked_done(item: dict) -> dict:
+    """The done item, made sure to travel: a result that is too deep, cannot be
+    encoded, would not decode on the other side, or is too large becomes an
+    error. Plain scalars need no check."""
     result = item["result"]
     if type(result) in _PLAIN and item["error"] is None:
-        return None, item
+        return item
     if isinstance(result, (list, dict)) and too_deep(result, MAX_RESULT_DEPTH):
         # Replies wrap a result in a few more levels; past this the codec could not carry them.
-        item["ok"], item["result"] = False, None
-        item["error"] = {"type": "ResultTooDeep", "message": f"the task's result nests deeper than {MAX_RESULT_DEPTH} levels", "traceback": None}
+        return _failed(item, "ResultTooDeep", f"the task's result nests deeper than {MAX_RESULT_DEPTH} levels")
     try:
         data = encode(item)
     except (TypeError, ValueError, OverflowError) as exc:
-        item["ok"], item["result"] = False, None
-        item["error"] = {"type": "UnencodableResult", "message": f"the task's result cannot be sent back (msgpack): {exc}", "traceback": None}
-        data = encode(item)
+        return _failed(item, "UnencodableResult", f"the task's result cannot be sent back (msgpack): {exc}")
     if len(data) > MAX_PAYLOAD_BYTES:
-        item["ok"], item["result"] = False, None
-        item["error"] = {"type": "ResultTooLarge", "message": f"the task's result is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES} [too_large]", "traceback": None}
-        data = encode(item)
-    return data, item
+        return _failed(item, "ResultTooLarge", f"the task's result is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES} [too_large]")
+    if isinstance(result, (list, dict)):
+        try:  # a tuple as a dict key encodes, but comes back as an unhashable list
+            decode(data)
+        except ValueError as exc:
+            return _failed(item, "UnencodableResult", f"the task's result cannot be sent back (msgpack): {exc}; dict keys must be str, int, float, bool, bytes or None")
+    return item
+
+
+def _failed(item: dict, kind: str, message: str) -> dict:
+    item["ok"], item["result"] = False, None
+    item["error"] = {"type": kind, "message": message, "traceback": None}
+    return item
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:

@@ -20,9 +20,10 @@ item carries its task's start `s` (CLOCK_MONOTONIC, the same clock in every
 process), and `next`/`ns` name the task that started after the last item, so
 deadlines count from the real start even when the worker reports late.
 
-Ends of short tasks travel in batches: the worker holds done items while it
-has more prefetched work, at most HOLD_S or HOLD_MAX items. A worker that is
-silent too long while holding may be asked for them (flush + SIGUSR1).
+A task's end leaves before the next task starts (a done item, whose `next`
+names the task that started): a worker never holds a finished result while
+it runs something else, so a task that hangs, crashes or is killed takes no
+other task's result with it, and the supervisor always knows which task runs.
 
 An `error` is {type, message, traceback}: text, never a pickled exception, so
 nothing a task raises can break the channel.
@@ -36,8 +37,4 @@ EXIT = "exit"
 START = "start"
 SKIP = "skip"
 SKIPPED = "skipped"
-FLUSH = "flush"
 
-HOLD_S = 0.002  # a done item waits at most this long for company
-HOLD_MAX = 64  # items per done message, at most
-HOLD_BYTES = 256 * 1024  # results bigger than this in total are sent at once
