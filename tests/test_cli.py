@@ -215,6 +215,36 @@ def test_call_functions(daemon):
     assert "ValueError: kaput" in proc.stdout and "traceback:" in proc.stdout
 
 
+ODD_KEYS_JSON = {"b'k'": 1, "b'\\xff'": 2, "Ref('t')": 3, "k": 4}
+
+
+def test_results_with_keys_json_cannot_carry(daemon, tmp_path):
+    # msgpack allows bytes (or a Ref) as a map key; JSON does not: shown as their str().
+    proc = ctl(daemon.socket, "call", "tests.tasks:odd_keys", "--wait")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert '"b\'k\'": 1' in proc.stdout and '"Ref(\'t\')": 3' in proc.stdout
+    record = ctl_json(daemon.socket, "call", "tests.tasks:odd_keys", "--wait")
+    assert record["result"] == ODD_KEYS_JSON
+    assert ctl_json(daemon.socket, "show", record["task_id"])["result"] == ODD_KEYS_JSON
+    proc = ctl(daemon.socket, "show", record["task_id"])
+    assert proc.returncode == 0 and "Ref('t')" in proc.stdout, proc.stderr
+    assert ctl_json(daemon.socket, "wait", record["task_id"])["tasks"][0]["result"] == ODD_KEYS_JSON
+
+    path = pipeline_file(tmp_path, """
+        [stages.a]
+        function = "tests.tasks:noop"
+        [stages.b]
+        needs = ["a"]
+        function = "tests.tasks:odd_keys"
+    """)
+    proc = ctl(daemon.socket, "run", "-q", str(path))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "b result:" in proc.stdout and "Ref('t')" in proc.stdout
+    proc = ctl(daemon.socket, "--json", "run", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["stages"]["b"]["result"] == ODD_KEYS_JSON
+
+
 def test_wait_timeout_cancel_and_unknown_task(daemon):
     task_id = ctl(daemon.socket, "submit", "--", "sleep", "30").stdout.strip()
     proc = ctl(daemon.socket, "--json", "wait", "--timeout", "0.2", task_id)
