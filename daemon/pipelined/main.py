@@ -162,14 +162,30 @@ def clear_stale_socket(sock_path: str) -> None:
     raise StartupError(f"another pipelined is already running on {sock_path}")
 
 
-def prepare_state_dir(path: str, journal: bool) -> int | None:
+def prepare_state_dir(path: str, journal: bool, runtime_lock_fd: int | None = None) -> int | None:
     """Create the state dir; with a journal, lock it too: two daemons (even on
-    different runtime dirs) must never share one journal. Returns the lock fd."""
+    different runtime dirs) must never share one journal. Returns the lock fd,
+    None when there is nothing more to lock: no journal, or the state dir is the
+    runtime dir (same lock file, already held through `runtime_lock_fd`; flock on
+    a second fd of it would conflict with our own first one)."""
     try:
         os.makedirs(path, mode=0o750, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"cannot create state dir {path}: {exc.strerror}") from None
-    return take_lock(path, f"using the journal in {path}") if journal else None
+    if not journal:
+        return None
+    if runtime_lock_fd is not None and _same_file(os.path.join(path, LOCK_NAME), runtime_lock_fd):
+        return None
+    return take_lock(path, f"using the journal in {path}")
+
+
+def _same_file(path: str, fd: int) -> bool:
+    """True if `path` is the file open on `fd` (a symlinked or bind-mounted dir counts too)."""
+    try:
+        st, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 def socket_gid(config: Config) -> int | None:
@@ -231,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
     try:
         _, lock_fd = prepare_runtime_dir(runtime_dir, gid)
-        state_lock_fd = prepare_state_dir(state_dir, config.journal)
+        state_lock_fd = prepare_state_dir(state_dir, config.journal, lock_fd)
     except StartupError as exc:
         print(f"pipelined: {exc}", file=sys.stderr)
         return EXIT_CONFIG
