@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import grp
 import json
+import logging
 import math
 import os
 import re
@@ -324,6 +325,16 @@ def _text_of(path: str) -> str:
             return fh.read()
     except (OSError, UnicodeDecodeError):  # read_file just read it; a race at worst costs the line number
         return ""
+
+
+def log_level_number(level: str) -> int:
+    return logging.getLevelName(level.upper())
+
+
+def apply_log_level(level: str) -> None:
+    """Make `level` ("debug".."error") the daemon's log level: set on the root
+    logger, which every pipelined.* logger inherits from (at start and on SIGHUP)."""
+    logging.getLogger().setLevel(log_level_number(level))
 
 
 def env_warnings(env: Mapping[str, str] | None = None) -> list[str]:

@@ -23,7 +23,17 @@ import sys
 from pipeline_protocol.paths import default_runtime_dir, default_state_dir, socket_path_in
 
 from . import __version__, control
-from .config import DEFAULT_CONFIG_FILE, Config, ConfigError, env_warnings, load_config, render_json, render_toml, resolve_group
+from .config import (
+    DEFAULT_CONFIG_FILE,
+    Config,
+    ConfigError,
+    apply_log_level,
+    env_warnings,
+    load_config,
+    render_json,
+    render_toml,
+    resolve_group,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -239,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print("pipelined: configuration error: --json only goes with --check-config", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apply_log_level(config.log_level)  # and again on SIGHUP (Supervisor.reload)
     if not config.allow_commands and "*" in config.allowed_functions:
         log.warning("allow_commands = false, but allowed_functions allows every function, and a function such as "
                     "os:system runs commands too; narrow allowed_functions as well")
