@@ -159,6 +159,14 @@ def test_bad_numbers_are_usage_errors(daemon, argv, fragments):
     assert daemon.client.list() == []  # nothing was submitted
 
 
+@pytest.mark.parametrize(("option", "value"), [("--type", "gpu\x1b[2J"), ("--type", "a\nb"), ("--workflow", "w\x1b]0;x\x07"), ("--workflow", "nightly\n")])
+def test_control_characters_in_type_and_workflow_are_refused(daemon, option, value):
+    # They came out raw in /metrics and in tables; task ids already refused them.
+    proc = ctl(daemon.socket, "submit", option, value, "--", "true")
+    assert_one_line_error(proc, 2, option.removeprefix("--").replace("type", "task_type"), "printable", "invalid_request")
+    assert daemon.client.list() == []
+
+
 # -- inspecting the daemon ----------------------------------------------------------------
 def test_ping_status_workers(daemon):
     proc = ctl(daemon.socket, "ping")
