@@ -109,6 +109,13 @@ def unencodable():
     return object()
 
 
+def odd_keys():
+    """A result whose map keys JSON cannot carry (msgpack can): bytes and a Ref."""
+    from pipeline_protocol.codec import Ref
+
+    return {b"k": 1, b"\xff": 2, Ref("t"): 3, "k": 4}
+
+
 def big_result(n_bytes):
     return b"x" * n_bytes
 

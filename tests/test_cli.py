@@ -124,6 +124,49 @@ def test_usage_errors_exit_2(daemon, argv, fragment):
     assert fragment in proc.stderr and "Traceback" not in proc.stderr
 
 
+BAD_NUMBERS = [
+    # call arguments msgpack cannot carry, or JSON Python will not parse
+    (["call", "tests.tasks:square", str(2**70)], ["argument 1", str(2**70), "2**64-1"]),
+    (["call", "tests.tasks:square", str(-(2**63) - 1)], ["argument 1", "2**64-1"]),
+    (["call", "tests.tasks:square", "1" * 5000], ["argument 1", "too large"]),
+    (["call", "tests.tasks:square", "[" * 5000 + "]" * 5000], ["argument 1", "nests too deeply"]),
+    (["call", "tests.tasks:echo", "--kwarg", f"k=[{2**64}]"], ["--kwarg k", "too large"]),
+    # numeric options: nan, inf, negative, zero where meaningless, and huge integers
+    (["wait", "x", "--timeout", "nan"], ["argument --timeout", "finite number of seconds >= 0", "'nan'"]),
+    (["wait", "x", "--timeout", "-1"], ["argument --timeout", ">= 0"]),
+    (["top", "--interval", "nan"], ["argument --interval", "> 0"]),
+    (["top", "--interval", "inf"], ["argument --interval", "> 0"]),
+    (["top", "--interval", "0"], ["argument --interval", "> 0"]),
+    (["watch", "--timeout", "inf"], ["argument --timeout"]),
+    (["watch", "--count", "-1"], ["argument --count"]),
+    (["list", "--limit", str(2**70)], ["argument --limit", "2**63-1"]),
+    (["submit", "--timeout", "nan", "--", "true"], ["argument --timeout", "> 0"]),
+    (["submit", "--backoff", "-0.5", "--", "true"], ["argument --backoff", ">= 0"]),
+    (["submit", "--memory-limit", "inf", "--", "true"], ["argument --memory-limit"]),
+    (["submit", "--retries", str(2**70), "--", "true"], ["argument --retries", "from 0 to 100"]),
+    (["call", "--retries", "1" * 5000, "tests.tasks:noop"], ["argument --retries", "(5000 digits)"]),
+    (["submit", "--priority", "9" * 5000, "--", "true"], ["argument --priority", "outside"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "fragments"), BAD_NUMBERS, ids=[" ".join(a)[:40] for a, _ in BAD_NUMBERS])
+def test_bad_numbers_are_usage_errors(daemon, argv, fragments):
+    proc = ctl(daemon.socket, *argv, timeout=20)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, (fragment, proc.stderr[-2000:])
+    assert daemon.client.list() == []  # nothing was submitted
+
+
+@pytest.mark.parametrize(("option", "value"), [("--type", "gpu\x1b[2J"), ("--type", "a\nb"), ("--workflow", "w\x1b]0;x\x07"), ("--workflow", "nightly\n")])
+def test_control_characters_in_type_and_workflow_are_refused(daemon, option, value):
+    # They came out raw in /metrics and in tables; task ids already refused them.
+    proc = ctl(daemon.socket, "submit", option, value, "--", "true")
+    assert_one_line_error(proc, 2, option.removeprefix("--").replace("type", "task_type"), "printable", "invalid_request")
+    assert daemon.client.list() == []
+
+
 # -- inspecting the daemon ----------------------------------------------------------------
 def test_ping_status_workers(daemon):
     proc = ctl(daemon.socket, "ping")
@@ -213,6 +256,36 @@ def test_call_functions(daemon):
     proc = ctl(daemon.socket, "call", "--retries", "0", "--wait", "tests.tasks:fail", '"kaput"')
     assert proc.returncode == 1
     assert "ValueError: kaput" in proc.stdout and "traceback:" in proc.stdout
+
+
+ODD_KEYS_JSON = {"b'k'": 1, "b'\\xff'": 2, "Ref('t')": 3, "k": 4}
+
+
+def test_results_with_keys_json_cannot_carry(daemon, tmp_path):
+    # msgpack allows bytes (or a Ref) as a map key; JSON does not: shown as their str().
+    proc = ctl(daemon.socket, "call", "tests.tasks:odd_keys", "--wait")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert '"b\'k\'": 1' in proc.stdout and '"Ref(\'t\')": 3' in proc.stdout
+    record = ctl_json(daemon.socket, "call", "tests.tasks:odd_keys", "--wait")
+    assert record["result"] == ODD_KEYS_JSON
+    assert ctl_json(daemon.socket, "show", record["task_id"])["result"] == ODD_KEYS_JSON
+    proc = ctl(daemon.socket, "show", record["task_id"])
+    assert proc.returncode == 0 and "Ref('t')" in proc.stdout, proc.stderr
+    assert ctl_json(daemon.socket, "wait", record["task_id"])["tasks"][0]["result"] == ODD_KEYS_JSON
+
+    path = pipeline_file(tmp_path, """
+        [stages.a]
+        function = "tests.tasks:noop"
+        [stages.b]
+        needs = ["a"]
+        function = "tests.tasks:odd_keys"
+    """)
+    proc = ctl(daemon.socket, "run", "-q", str(path))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "b result:" in proc.stdout and "Ref('t')" in proc.stdout
+    proc = ctl(daemon.socket, "--json", "run", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["stages"]["b"]["result"] == ODD_KEYS_JSON
 
 
 def test_wait_timeout_cancel_and_unknown_task(daemon):
@@ -434,6 +507,22 @@ def test_run_validation_errors_exit_2_and_submit_nothing(daemon, tmp_path, name,
     err = assert_one_line_error(ctl(daemon.socket, "run", str(path)), 2, fragment)
     assert err.startswith(f"pipelinectl: {path}:")  # file, then line when known
     assert ctl_json(daemon.socket, "list")["tasks"] == []
+
+
+def test_run_rejects_integers_too_large_to_send(daemon, tmp_path):
+    path = pipeline_file(tmp_path, f"""
+        [stages.a]
+        function = "tests.tasks:echo"
+        kwargs = {{ n = {2**64} }}
+    """)
+    assert_one_line_error(ctl(daemon.socket, "run", str(path)), 2, f"{path}:3:", "stage 'a'", "kwargs", str(2**64))
+    path = pipeline_file(tmp_path, f"""
+        [stages.a]
+        function = "tests.tasks:echo"
+        args = [1{"0" * 5000}]
+    """, "huge.toml")
+    assert_one_line_error(ctl(daemon.socket, "run", str(path)), 2, str(path), "more than 4300 digits")
+    assert daemon.client.list() == []
 
 
 def test_run_missing_file_exits_2(daemon, tmp_path):

@@ -209,6 +209,30 @@ def test_bad_arguments_fail_on_the_client_side(daemon):
     assert c.status()["performance_metrics"]["total_tasks"] == 0
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0], ids=["nan", "inf", "negative"])
+def test_timeouts_must_be_finite_seconds(daemon, bad):
+    # nan used to crash inside request() (int(nan)); inf went to the daemon, which refused it.
+    c = daemon.client
+    tid = c.submit("tests.tasks:square", args=[3])
+    for attempt in (lambda: c.wait(tid, timeout=bad), lambda: c.result(tid, timeout=bad),
+                    lambda: c.call("tests.tasks:square", args=[2], wait_timeout=bad), lambda: Client(daemon.socket, timeout=bad)):
+        with pytest.raises(ValueError, match=r"timeout must be a finite number of seconds >= 0"):
+            attempt()
+    assert c.result(tid, timeout=10) == 9  # the client is still usable
+    assert c.status()["performance_metrics"]["total_tasks"] == 1  # call() sent nothing
+
+    async def main():
+        with pytest.raises(ValueError, match="finite"):
+            AsyncClient(daemon.socket, timeout=bad)
+        async with AsyncClient(daemon.socket) as ac:
+            with pytest.raises(ValueError, match="finite"):
+                await ac.wait([tid], timeout=bad)
+            with pytest.raises(ValueError, match="finite"):
+                await ac.result(tid, timeout=bad)
+
+    asyncio.run(main())
+
+
 def test_submit_accepts_an_importable_callable(daemon):
     c = daemon.client
     tid = c.submit(tasks.square, args=[8])

@@ -201,6 +201,11 @@ FILE_ERRORS = [
     ("max_task_retries = 101\n", ["max_task_retries", "between 0 and 100"]),
     ("shutdown_grace_s = -5\n", ["shutdown_grace_s", "between"]),
     ("max_concurrent_tasks = -1\n", ["max_concurrent_tasks", "between"]),
+    # integers too big for a float (math.isfinite overflowed on them), or for int() itself
+    (f"max_workers = 1{'0' * 400}\n", ["max_workers", "between 1 and 512", "(401 digits)"]),
+    (f"max_cpu_percent = 1{'0' * 400}\n", ["max_cpu_percent", "between 1 and 100"]),
+    (f"[task_types.scan]\nmax_concurrent = 1{'0' * 400}\n", ["[task_types.scan]", "max_concurrent", "(401 digits)"]),
+    (f"max_workers = 1{'0' * 5000}\n", [":1: max_workers", "more than 4300 digits"]),
     # unknown keys, with a did-you-mean
     ("max_worker = 2\n", ["unknown key 'max_worker'", "did you mean 'max_workers'"]),
     ("allowed_function = [\"*\"]\n", ["unknown key 'allowed_function'", "did you mean 'allowed_functions'"]),
@@ -261,6 +266,9 @@ def test_config_file_problems(conf, tmp_path):
     ("PARALLEL_MAX_WORKERS", "0", ["max_workers", "between 1 and 512"]),
     ("PARALLEL_MAX_CPU_PERCENT", "150", ["max_cpu_percent", "between 1 and 100"]),
     ("PARALLEL_MAX_CPU_PERCENT", "nan", ["max_cpu_percent", "finite"]),
+    ("PARALLEL_MAX_WORKERS", "9" * 400, ["max_workers", "between 1 and 512", "(400 digits)"]),
+    ("PARALLEL_MAX_WORKERS", "9" * 5000, ["max_workers", "between 1 and 512", "(5000 digits)"]),
+    ("PARALLEL_MAX_CPU_PERCENT", "9" * 400, ["max_cpu_percent", "finite"]),
     ("PARALLEL_MIN_FREE_MEMORY_MB", "lots", ["min_free_memory_mb", "must be a number"]),
     ("PARALLEL_DEFAULT_TASK_TIMEOUT", "-3", ["default_task_timeout", "between"]),
     ("PARALLEL_MAX_TASK_RETRIES", "many", ["max_task_retries", "must be an integer"]),
@@ -277,6 +285,8 @@ def test_bad_environment_values_name_the_variable(var, raw, fragments):
     (("--default-task-timeout", "0"), ["flag --default-task-timeout", "default_task_timeout"]),
     (("--max-task-retries", "-1"), ["flag --max-task-retries", "max_task_retries"]),
     (("--shutdown-grace", "nan"), ["flag --shutdown-grace", "finite"]),
+    (("--workers", "9" * 400), ["flag --workers", "max_workers", "between 1 and 512"]),
+    (("--max-tasks-per-worker", "9" * 400), ["flag --max-tasks-per-worker", "max_tasks_per_worker", "between"]),
 ])
 def test_bad_flag_values_name_the_flag(flags, fragments):
     assert_config_error(pipelined("--check-config", *flags), *fragments)

@@ -820,6 +820,43 @@ def test_an_idle_worker_is_not_left_idle_behind_a_prefetched_task(make_daemon, t
     assert not reply["timed_out"], f"stuck behind the running task: {reply['pending']}, workers {c.workers()}"
 
 
+@pytest.mark.timeout(40)
+def test_sighup_applies_a_new_log_level(make_daemon):
+    config = 'max_workers = {}\nlog_level = "{}"\n'
+    d = make_daemon(workers=None, config=config.format(1, "error"))
+    d.config_path.write_text(config.format(1, "info"))
+    d.proc.send_signal(signal.SIGHUP)  # more verbose: this reload is logged already
+    wait_for(lambda: "configuration reloaded (log_level)" in d.log(), 10, what="the reload at info level")
+    d.config_path.write_text(config.format(1, "error"))
+    d.proc.send_signal(signal.SIGHUP)  # quieter: said at the old level, then quiet
+    wait_for(lambda: d.log().count("configuration reloaded (log_level)") == 2, 10, what="the second reload")
+    d.config_path.write_text(config.format(2, "error"))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: d.client.status()["max_workers"] == 2, 10, what="the third reload")
+    assert "configuration reloaded (max_workers)" not in d.log()  # an info line, at level error
+
+
+def test_one_directory_for_runtime_and_state(make_daemon, tmp_path):
+    """--runtime-dir and --state-dir may be the same directory (also by another
+    path): one lock file, taken once; a second daemon on it is still refused."""
+    shared = tmp_path / "shared"
+    first = make_daemon(workers=1, start=False)
+    first.runtime_dir, first.state_dir = shared, tmp_path / "via-link"
+    (tmp_path / "via-link").symlink_to(shared)
+    first.socket = str(shared / "pipelined.sock")
+    first.start()
+    tid = first.client.submit("tests.tasks:square", args=[4])
+    assert first.client.result(tid, timeout=10) == 16
+    assert (shared / "journal.sqlite3").exists()
+    second = make_daemon(workers=1, start=False)
+    second.runtime_dir, second.state_dir = tmp_path / "other-run", shared
+    proc = subprocess.run(second.command(), cwd=second.base, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "already using the journal" in proc.stderr and f"pid {first.pid}" in proc.stderr, proc.stderr
+    assert first.stop() == 0
+    first.start()  # and the journal is there after a restart
+    assert first.client.get(tid)["result"] == 16
+
+
 def test_two_daemons_never_share_a_journal(make_daemon, tmp_path):
     """Different runtime dirs, one state dir: the second daemon is refused (exit 2)
     and the first keeps its journal to itself."""

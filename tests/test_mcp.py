@@ -160,6 +160,18 @@ def test_submit_wait_get_list(daemon, errlog):
     run(body)
 
 
+def test_result_keys_json_cannot_carry(daemon, errlog):
+    # A result map with bytes and Ref keys (legal msgpack) comes out with str() keys.
+    async def body():
+        async with shim(daemon.socket, errlog) as s:
+            tid = ok(await s.call_tool("submit_task", {"function": "tests.tasks:odd_keys"}))["task_id"]
+            record = ok(await s.call_tool("wait_task", {"task_id": tid, "timeout": 10}))
+            assert record["result"] == {"b'k'": 1, "b'\\xff'": 2, "Ref('t')": 3, "k": 4}
+            assert ok(await s.call_tool("get_task", {"task_id": tid}))["result"] == record["result"]
+
+    run(body)
+
+
 def test_cancel_and_wait_timeout(daemon, errlog):
     async def body():
         async with shim(daemon.socket, errlog) as s:

@@ -243,6 +243,16 @@ def test_validate_command_spec():
         ({"task_id": "t1", "function": "m:f", "memory_limit_mb": -5}, "memory_limit_mb"),
         ({"task_id": "t1", "function": "m:f", "task_type": 3}, "task_type"),
         ({"task_id": "t1", "function": "m:f", "workflow": ""}, "workflow"),
+        # control characters: they came out raw in /metrics and in tables
+        ({"task_id": "t1", "function": "m:f", "task_type": "a\x00b"}, "task_type"),
+        ({"task_id": "t1", "function": "m:f", "task_type": "gpu\n"}, "task_type"),
+        ({"task_id": "t1", "function": "m:f", "task_type": "\x1b[31mred"}, "task_type"),
+        ({"task_id": "t1", "function": "m:f", "task_type": "del\x7f"}, "task_type"),
+        ({"task_id": "t1", "function": "m:f", "task_type": "x" * 101}, "task_type"),
+        ({"task_id": "t1", "function": "m:f", "workflow": "w\x00"}, "workflow"),
+        ({"task_id": "t1", "function": "m:f", "workflow": "w\n"}, "workflow"),
+        ({"task_id": "t1", "function": "m:f", "workflow": "\x1b]0;title\x07"}, "workflow"),
+        ({"task_id": "t1", "function": "m:f", "workflow": "w" * 201}, "workflow"),
         ({"task_id": "t1", "function": "not a path"}, "function"),
         ({"task_id": "t1", "command": ["ls"], "env": {"A": 1}}, "env"),
         ({"task_id": "t1", "command": ["ls"], "cwd": ["/"]}, "cwd"),
@@ -258,6 +268,20 @@ def test_validate_errors_name_the_field_and_task(spec, field):
     assert err.details["field"] == field
     assert field in err.message
     assert "t1" in err.message  # the culprit can be found in a batch of thousands
+
+
+@pytest.mark.parametrize("tid", ["t\n", "t\x1b", "\x00t", "t" * 201])
+def test_validate_rejects_unprintable_task_ids(tid):
+    # "t\n" slipped through: the regex's "$" matches before a trailing newline.
+    with pytest.raises(ProtocolError) as ei:
+        validate_task_spec({"task_id": tid, "function": "m:f"})
+    assert ei.value.code is ErrorCode.INVALID_REQUEST and ei.value.details["field"] == "task_id"
+
+
+def test_validate_accepts_printable_types_and_workflows():
+    out = validate_task_spec({"function": "m:f", "task_type": "gpu é 🚀", "workflow": "nightly build #3 ✓", "task_id": "id with spaces"})
+    assert (out["task_type"], out["workflow"], out["task_id"]) == ("gpu é 🚀", "nightly build #3 ✓", "id with spaces")
+    assert validate_task_spec({"function": "m:f", "task_type": None})["task_type"] == "default"
 
 
 def test_validate_rejects_non_map():

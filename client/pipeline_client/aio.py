@@ -17,7 +17,7 @@ import zmq.asyncio
 from pipeline_protocol import decode
 from pipeline_protocol.paths import endpoint
 
-from .client import DEFAULT_TIMEOUT_S, check_reply, encode_request
+from .client import DEFAULT_TIMEOUT_S, check_reply, check_seconds, encode_request
 from .connection import probe, resolve_socket
 from .errors import DaemonUnreachable, RequestError, raise_for_record
 from .tasks import command_task, function_task
@@ -25,6 +25,7 @@ from .tasks import command_task, function_task
 
 class AsyncClient:
     def __init__(self, socket: str | None = None, timeout: float = DEFAULT_TIMEOUT_S):
+        check_seconds("timeout", timeout)
         self.socket_path = resolve_socket(socket)
         self.timeout = timeout
         probe(self.socket_path)
@@ -50,6 +51,8 @@ class AsyncClient:
     async def request(self, op: str, *, wait_s: float | None = None, parks: bool = False, **fields: Any) -> dict[str, Any]:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read_replies())
+        if wait_s is not None:  # (the common case skips the call)
+            check_seconds("timeout", wait_s)
         rid = next(self._rids)
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut

@@ -21,7 +21,17 @@ from typing import Any
 
 from pipeline_protocol import TaskState
 
-from .cli_requests import UsageError, command_spec, env_assignment, function_spec, priority_arg
+from .cli_requests import (
+    RETRIES_ARG,
+    UsageError,
+    command_spec,
+    count_arg,
+    env_assignment,
+    function_spec,
+    number_arg,
+    priority_arg,
+    seconds_arg,
+)
 from .client import Client
 from .connection import START_HINT
 from .errors import DaemonUnreachable, RequestError
@@ -165,8 +175,6 @@ def cmd_watch(args: argparse.Namespace, s: Session) -> Outcome:
 
 def cmd_top(args: argparse.Namespace, s: Session) -> Outcome:
     """A live view of workers (RSS, CPU use), queue and running tasks, redrawn in place; Ctrl-C stops."""
-    if args.interval <= 0:
-        raise UsageError("--interval must be more than 0 seconds")
     try:
         run_top(s.client, sys.stdout, args.interval, args.once, s.as_json)
     except KeyboardInterrupt:
@@ -199,11 +207,11 @@ def _task_option_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", metavar="ID", help="task id (default: generated)")
     p.add_argument("--priority", type=priority_arg, metavar="P", help="high, medium, low or an integer (higher runs first)")
     p.add_argument("--after", action="append", metavar="ID", help="run only after task ID completed (repeatable)")
-    p.add_argument("--timeout", type=float, metavar="S", help="hard timeout per attempt, seconds")
-    p.add_argument("--retries", type=int, metavar="N", help="retries after a failed attempt")
-    p.add_argument("--backoff", type=float, metavar="S", help="first retry delay, seconds (doubles each retry)")
+    p.add_argument("--timeout", type=seconds_arg(zero_ok=False), metavar="S", help="hard timeout per attempt, seconds")
+    p.add_argument("--retries", type=RETRIES_ARG, metavar="N", help="retries after a failed attempt")
+    p.add_argument("--backoff", type=seconds_arg(zero_ok=True), metavar="S", help="first retry delay, seconds (doubles each retry)")
     p.add_argument("--type", metavar="T", help="task type (the key of per-type concurrency limits)")
-    p.add_argument("--memory-limit", type=float, metavar="MB", help="kill the task if its memory exceeds MB")
+    p.add_argument("--memory-limit", type=number_arg(zero_ok=False), metavar="MB", help="kill the task if its memory exceeds MB")
     p.add_argument("--workflow", metavar="W", help="group id for list/cancel --workflow")
     p.add_argument("--cwd", metavar="DIR", help="working directory (default: the current one)")
     p.add_argument("--env", action="append", type=env_assignment, metavar="KEY=VALUE", help="environment variable (repeatable)")
@@ -233,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list", cmd_list)
     p.add_argument("--state", choices=[s.value for s in TaskState], help="only tasks in this state")
     p.add_argument("--workflow", metavar="W", help="only tasks of this workflow")
-    p.add_argument("--limit", type=int, metavar="N", help="at most N tasks")
+    p.add_argument("--limit", type=count_arg(1), metavar="N", help="at most N tasks")
     add("show", cmd_show).add_argument("task_id", metavar="ID")
     p = add("submit", cmd_submit, task_opts)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
@@ -243,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kwarg", action="append", metavar="KEY=JSON", help="keyword argument (repeatable)")
     p = add("wait", cmd_wait)
     p.add_argument("task_ids", nargs="+", metavar="ID")
-    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 1)")
+    p.add_argument("--timeout", type=seconds_arg(zero_ok=True), metavar="S", help="give up after S seconds (exit 1)")
     p = add("cancel", cmd_cancel)
     p.add_argument("task_id", nargs="?", metavar="ID")
     p.add_argument("--workflow", metavar="W", help="cancel every unfinished task of workflow W")
@@ -255,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", metavar="W", help="only task events of workflow W")
     p.add_argument("--type", metavar="T", help="only task events of task type T")
     p.add_argument("--state", action="append", choices=[s.value for s in TaskState], help="only task events entering this state (repeatable)")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--count", type=count_arg(1), metavar="N", help="stop after N events")
+    p.add_argument("--timeout", type=seconds_arg(zero_ok=True), metavar="S", help="stop after S seconds")
     p = add("top", cmd_top)
-    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between frames (default 1)")
+    p.add_argument("--interval", type=seconds_arg(zero_ok=False), default=1.0, metavar="S", help="seconds between frames (default 1)")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     add("drain", cmd_drain)
     add("shutdown", cmd_shutdown)

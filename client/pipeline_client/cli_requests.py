@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+from collections.abc import Callable
 from typing import Any
 
 from pipeline_protocol import parse_priority
+from pipeline_protocol.model import PRIORITY_RANGE
+from pipeline_protocol.tasks import MAX_RETRIES_LIMIT
+
+from .tasks import int_beyond_wire, int_text
 
 
 class UsageError(Exception):
@@ -56,22 +63,94 @@ def env_assignment(text: str) -> tuple[str, str]:
 
 
 def priority_arg(text: str) -> int:
+    lo, hi = PRIORITY_RANGE
+    if text.lstrip("-").isdigit() and len(text) > 20:  # out of range, and past 4300 digits int() refuses it
+        raise argparse.ArgumentTypeError(f"priority {text[:20]}... is outside {lo}..{hi}")
     try:
         return parse_priority(int(text) if text.lstrip("-").isdigit() else text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+INT64_MAX = (1 << 63) - 1
+
+
+# -- numeric option types: argparse turns ArgumentTypeError into "argument --x: <message>", exit 2
+def seconds_arg(*, zero_ok: bool) -> Callable[[str], float]:
+    """A finite number of seconds, > 0 (or >= 0 when zero_ok); never nan or inf."""
+    return _number_arg("a finite number of seconds", zero_ok)
+
+
+def number_arg(*, zero_ok: bool) -> Callable[[str], float]:
+    return _number_arg("a finite number", zero_ok)
+
+
+def _number_arg(what: str, zero_ok: bool) -> Callable[[str], float]:
+    bound = ">= 0" if zero_ok else "> 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, not {text!r:.40}")
+        return value
+
+    return parse
+
+
+def count_arg(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
+    """An integer from `low` to `high` (by default, any that fits the protocol's int64)."""
+
+    def parse(text: str) -> int:
+        if not _INTEGER.match(text):
+            raise argparse.ArgumentTypeError(f"must be an integer, not {text!r:.40}")
+        digits = text.strip().lstrip("+-")
+        if len(digits) > 40 or not low <= int(text) <= high:  # (int() refuses past 4300 digits)
+            shown = text.strip() if len(digits) <= 40 else f"{text.strip()[:20]}... ({len(digits)} digits)"
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {'2**63-1' if high == INT64_MAX else high}, not {shown}")
+        return int(text)
+
+    return parse
+
+
+_INTEGER = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+RETRIES_ARG = count_arg(0, MAX_RETRIES_LIMIT)
+
+
+# -- call arguments: JSON, checked to be something the protocol can carry
 def json_arg(text: str, position: int) -> Any:
+    what = f"argument {position}"
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"argument {position} is not JSON ({exc.msg}): {text!r}; strings need quotes, e.g. '\"text\"'") from None
+        raise UsageError(f"{what} is not JSON ({exc.msg}): {text!r:.200}; strings need quotes, e.g. '\"text\"'") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(_json_limit(what, exc)) from None
+    return _wire_value(value, what)
 
 
 def json_kwarg(text: str) -> tuple[str, Any]:
     key, value = env_assignment(text)
+    what = f"--kwarg {key}"
     try:
-        return key, json.loads(value)
+        return key, _wire_value(json.loads(value), what)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--kwarg {key}: value is not JSON ({exc.msg}): {value!r}") from None
+        raise UsageError(f"{what}: value is not JSON ({exc.msg}): {value!r:.200}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(_json_limit(what, exc)) from None
+
+
+def _json_limit(what: str, exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return f"{what} nests too deeply to parse (arguments may nest at most 100 levels)"
+    # json.loads lets int()'s digit limit through as a plain ValueError
+    return f"{what} has an integer too large to send (integers must be within -2**63..2**64-1)"
+
+
+def _wire_value(value: Any, what: str) -> Any:
+    bad = int_beyond_wire(value)
+    if bad is not None:
+        raise UsageError(f"{what} has the integer {int_text(bad)}, too large to send (integers must be within -2**63..2**64-1)")
+    return value

@@ -8,6 +8,7 @@ a request whose caller gave up waiting) are dropped.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,15 @@ IDEMPOTENT_OPS = frozenset({"ping", "get", "list", "wait", "result", "status", "
 _rids = itertools.count(1)
 RCVTIMEO = int(zmq.RCVTIMEO)  # plain ints: pyzmq's enum lookups cost more than the calls
 RCVMORE = int(zmq.RCVMORE)
+
+
+def check_seconds(name: str, value: float | None) -> None:
+    """ValueError unless `value` is None or a finite number of seconds >= 0 (nan
+    would compare false with every deadline, inf would make no deadline)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0 (or None: no limit), not {value!r}")
 
 
 def encode_request(op: str, rid: int, fields: dict[str, Any]) -> bytes:
@@ -58,6 +68,7 @@ class Client:
     """Talks to one pipelined daemon. Use as a context manager, or call close()."""
 
     def __init__(self, socket: str | None = None, timeout: float = DEFAULT_TIMEOUT_S, context: zmq.Context | None = None):
+        check_seconds("timeout", timeout)
         self.socket_path = resolve_socket(socket)
         self.timeout = timeout
         probe(self.socket_path)
@@ -95,6 +106,8 @@ class Client:
         requests are sent again; others are replaced by `after_restart` (op,
         fields), if given.
         """
+        if wait_s is not None:  # (the common case skips the call)
+            check_seconds("timeout", wait_s)
         rid = next(_rids)
         data = encode_request(op, rid, fields)
         sock = self._sock
@@ -153,6 +166,7 @@ class Client:
         replies when the task ends. Raises TaskFailed if it failed, TimeoutError
         if it is still going after `wait_timeout` seconds (it keeps running).
         """
+        check_seconds("wait_timeout", wait_timeout)
         spec = function_task(function, args, kwargs, **options)
         # Our own id, so that a wait cut short by a daemon restart can go on as `result`.
         task_id = spec.setdefault("task_id", os.urandom(8).hex())

@@ -37,6 +37,7 @@ from typing import Any
 from pipeline_protocol import ProtocolError, validate_task_spec
 
 from .errors import PipelineError
+from .tasks import int_beyond_wire, int_text
 
 # Keys a stage passes straight through to its tasks (the task fields of DESIGN.md).
 TASK_KEYS = frozenset(
@@ -220,6 +221,8 @@ def _parse(path: Path, text: str) -> dict[str, Any]:
             raise PipelineFileError(path, f"invalid TOML: {msg}") from None
         what = msg[: m.start()]
         raise PipelineFileError(path, f"invalid TOML: {what} (column {m.group(2)})", int(m.group(1))) from None
+    except ValueError:  # tomllib lets int()'s 4300-digit limit through as a plain ValueError
+        raise PipelineFileError(path, "invalid TOML: an integer too large to read (more than 4300 digits)") from None
 
 
 def _pipeline_name(meta: dict[str, Any], path: Path, loc: _Locator) -> str:
@@ -373,6 +376,11 @@ def _check_tasks(pipeline: Pipeline, loc: _Locator) -> None:
             message = exc.message.removeprefix(f"task {task['task_id']!r}: ")
             key = exc.details.get("field")
             raise loc.error(f"stage {stage!r}: {message}", ("stages", stage), key) from None
+        for key in ("args", "kwargs"):
+            bad = int_beyond_wire(task.get(key))
+            if bad is not None:
+                raise loc.error(f"stage {stage!r}: {key} has the integer {int_text(bad)}, too large to send "
+                                "(integers must be within -2**63..2**64-1)", ("stages", stage), key)
 
 
 class _Locator:

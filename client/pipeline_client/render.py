@@ -44,7 +44,25 @@ def emit(outcome: Outcome, as_json: bool, stream: TextIO) -> None:
 
 
 def to_json(data: Any, indent: int | None = 2) -> str:
-    return json.dumps(data, indent=indent, default=_json_default, ensure_ascii=False)
+    try:
+        return json.dumps(data, indent=indent, default=_json_default, ensure_ascii=False)
+    except TypeError:
+        # A map key JSON cannot carry (msgpack allows bytes or a Ref as a key):
+        # only keys can fail here, `_json_default` takes any value.
+        return json.dumps(_json_keys(data), indent=indent, default=_json_default, ensure_ascii=False)
+
+
+_JSON_KEY_TYPES = (str, int, float, bool, type(None))
+
+
+def _json_keys(data: Any) -> Any:
+    """`data` with every map key JSON cannot carry turned into its str(): b'k'
+    becomes "b'k'" (not "k", which may be a str key of the same map), a Ref "Ref('id')"."""
+    if isinstance(data, dict):
+        return {(k if isinstance(k, _JSON_KEY_TYPES) else str(k)): _json_keys(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_keys(v) for v in data]
+    return data
 
 
 def _json_default(obj: Any) -> Any:

@@ -7,6 +7,8 @@ from typing import Any
 
 from pipeline_protocol.tasks import FIELDS
 
+WIRE_INT_MIN, WIRE_INT_MAX = -(1 << 63), (1 << 64) - 1  # the integers msgpack can carry
+
 # Every task field but what says what to run: those are the submit methods' own arguments.
 OPTION_FIELDS = tuple(sorted(FIELDS - {"function", "command", "args", "kwargs"}))
 _OPTIONS = frozenset(OPTION_FIELDS)
@@ -62,3 +64,27 @@ def command_task(command: Sequence[str], cwd: str | None, env: dict[str, str] | 
         spec["env"] = dict(env)
     spec.update(_options(options))
     return spec
+
+
+def int_beyond_wire(value: Any) -> int | None:
+    """An integer inside `value` (lists and maps, keys too) that msgpack cannot
+    carry, or None. For checking user input before it becomes a request."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not WIRE_INT_MIN <= v <= WIRE_INT_MAX:
+                return v
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return None
+
+
+def int_text(value: int) -> str:
+    """An integer for a message: in full unless it is huge (str() refuses past 4300 digits)."""
+    if value.bit_length() <= 256:
+        return str(value)
+    return f"an integer of about {int(value.bit_length() * 0.30103)} digits"

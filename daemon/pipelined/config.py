@@ -12,9 +12,11 @@ from __future__ import annotations
 import difflib
 import grp
 import json
+import logging
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -112,20 +114,33 @@ def _kind_name(kind: type) -> str:
     return "an integer" if kind is int else "a number"
 
 
+def _shown(value: Any) -> str:
+    """repr() for a message, a huge number cut short (a 400-digit max_workers is not worth 400 digits)."""
+    text = repr(value)
+    if len(text) <= 40:
+        return text
+    digits = sum(c.isdigit() for c in text)
+    return f"{text[:20]}... ({digits} digits)" if digits > len(text) // 2 else f"{text[:40]}..."
+
+
 def _numeric(key: str, value: Any, where: str) -> int | float:
     kind, lo, hi = _NUMERIC[key]
+    bounds = f"between {lo:g} and {hi:g}" if hi is not None else f">= {lo:g}"
     if isinstance(value, str):
+        text = value.strip()
         try:
-            value = kind(value.strip())
+            value = kind(text)
         except ValueError:
-            raise ConfigError(f"{where}: {key} must be {_kind_name(kind)}, not {value!r}") from None
+            if kind is int and text.lstrip("+-").isdigit():  # past Python's int digit limit: out of range all the same
+                raise ConfigError(f"{where}: {key} must be {bounds}, not {_shown(text)}") from None
+            raise ConfigError(f"{where}: {key} must be {_kind_name(kind)}, not {_shown(value)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(f"{where}: {key} must be {_kind_name(kind)}, not {value!r}")
-    if not math.isfinite(value):  # nan slips through every comparison below
+        raise ConfigError(f"{where}: {key} must be {_kind_name(kind)}, not {_shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):  # nan slips through every comparison below
+        # (an int is always finite, and math.isfinite cannot even take one too big for a float)
         raise ConfigError(f"{where}: {key} must be a finite number, not {value!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        bounds = f"between {lo:g} and {hi:g}" if hi is not None else f">= {lo:g}"
-        raise ConfigError(f"{where}: {key} must be {bounds}, not {value!r}")
+        raise ConfigError(f"{where}: {key} must be {bounds}, not {_shown(value)}")
     return kind(value)
 
 
@@ -199,7 +214,7 @@ def _task_types(value: Any, where: str) -> dict[str, dict[str, int]]:
             if k not in TASK_TYPE_KEYS:
                 raise ConfigError(f"{where}: [task_types.{name}] unknown key {k!r}{_did_you_mean(k, TASK_TYPE_KEYS)}")
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_TYPE_CONCURRENCY:
-                raise ConfigError(f"{where}: [task_types.{name}] max_concurrent must be an integer between 1 and {MAX_TYPE_CONCURRENCY}, not {v!r}")
+                raise ConfigError(f"{where}: [task_types.{name}] max_concurrent must be an integer between 1 and {MAX_TYPE_CONCURRENCY}, not {_shown(v)}")
         if "max_concurrent" not in spec:
             raise ConfigError(f"{where}: [task_types.{name}] needs max_concurrent = N")
         out[name] = dict(spec)
@@ -248,7 +263,22 @@ def read_file(path: str) -> dict[str, Any]:
         raise _toml_error(path, exc) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except ValueError as exc:  # tomllib lets int()'s digit limit through as a plain ValueError
+        raise _huge_integer_error(path, raw.decode(errors="replace"), exc) from None
     return data
+
+
+def _huge_integer_error(path: str, text: str, exc: ValueError) -> ConfigError:
+    """An integer too long for Python to read: name its key and line when we can find it."""
+    limit = sys.get_int_max_str_digits()
+    if limit and "integer string conversion" in str(exc):
+        long_number = re.compile(r"^\s*([^=#\s][^=#]*?)\s*=\s*[-+]?[0-9_]{%d,}" % (limit + 1))
+        for no, line in enumerate(text.splitlines(), 1):
+            m = long_number.match(line)
+            if m:
+                return ConfigError(f"{path}:{no}: {m[1].strip()} is an integer of more than {limit} digits; no setting takes such a number")
+        return ConfigError(f"{path}: an integer of more than {limit} digits; no setting takes such a number")
+    return ConfigError(f"{path}: cannot be read: {exc}")
 
 
 def load_config(path: str | None = None, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Config:
@@ -295,6 +325,16 @@ def _text_of(path: str) -> str:
             return fh.read()
     except (OSError, UnicodeDecodeError):  # read_file just read it; a race at worst costs the line number
         return ""
+
+
+def log_level_number(level: str) -> int:
+    return logging.getLevelName(level.upper())
+
+
+def apply_log_level(level: str) -> None:
+    """Make `level` ("debug".."error") the daemon's log level: set on the root
+    logger, which every pipelined.* logger inherits from (at start and on SIGHUP)."""
+    logging.getLogger().setLevel(log_level_number(level))
 
 
 def env_warnings(env: Mapping[str, str] | None = None) -> list[str]:

@@ -23,7 +23,17 @@ import sys
 from pipeline_protocol.paths import default_runtime_dir, default_state_dir, socket_path_in
 
 from . import __version__, control
-from .config import DEFAULT_CONFIG_FILE, Config, ConfigError, env_warnings, load_config, render_json, render_toml, resolve_group
+from .config import (
+    DEFAULT_CONFIG_FILE,
+    Config,
+    ConfigError,
+    apply_log_level,
+    env_warnings,
+    load_config,
+    render_json,
+    render_toml,
+    resolve_group,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -162,14 +172,30 @@ def clear_stale_socket(sock_path: str) -> None:
     raise StartupError(f"another pipelined is already running on {sock_path}")
 
 
-def prepare_state_dir(path: str, journal: bool) -> int | None:
+def prepare_state_dir(path: str, journal: bool, runtime_lock_fd: int | None = None) -> int | None:
     """Create the state dir; with a journal, lock it too: two daemons (even on
-    different runtime dirs) must never share one journal. Returns the lock fd."""
+    different runtime dirs) must never share one journal. Returns the lock fd,
+    None when there is nothing more to lock: no journal, or the state dir is the
+    runtime dir (same lock file, already held through `runtime_lock_fd`; flock on
+    a second fd of it would conflict with our own first one)."""
     try:
         os.makedirs(path, mode=0o750, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"cannot create state dir {path}: {exc.strerror}") from None
-    return take_lock(path, f"using the journal in {path}") if journal else None
+    if not journal:
+        return None
+    if runtime_lock_fd is not None and _same_file(os.path.join(path, LOCK_NAME), runtime_lock_fd):
+        return None
+    return take_lock(path, f"using the journal in {path}")
+
+
+def _same_file(path: str, fd: int) -> bool:
+    """True if `path` is the file open on `fd` (a symlinked or bind-mounted dir counts too)."""
+    try:
+        st, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 def socket_gid(config: Config) -> int | None:
@@ -223,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print("pipelined: configuration error: --json only goes with --check-config", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apply_log_level(config.log_level)  # and again on SIGHUP (Supervisor.reload)
     if not config.allow_commands and "*" in config.allowed_functions:
         log.warning("allow_commands = false, but allowed_functions allows every function, and a function such as "
                     "os:system runs commands too; narrow allowed_functions as well")
@@ -231,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
     try:
         _, lock_fd = prepare_runtime_dir(runtime_dir, gid)
-        state_lock_fd = prepare_state_dir(state_dir, config.journal)
+        state_lock_fd = prepare_state_dir(state_dir, config.journal, lock_fd)
     except StartupError as exc:
         print(f"pipelined: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -372,7 +372,11 @@ class Supervisor(WorkerTraffic):
             log.error("SIGHUP: configuration rejected, keeping the old one: %s", exc)
             self.notify.reloaded(self.status_line())
             return
+        from .config import apply_log_level, log_level_number  # (here: this method is all of this file the fix touches)
+
         old, self.config = self.config, new
+        if log_level_number(new.log_level) < logging.getLogger().getEffectiveLevel():
+            apply_log_level(new.log_level)  # more verbose now: in time to log this reload
         sched = self.scheduler
         sched.default_timeout_s = new.default_task_timeout
         sched.default_max_retries = new.max_task_retries
@@ -390,6 +394,7 @@ class Supervisor(WorkerTraffic):
         log.info("SIGHUP: configuration reloaded (%s)", ", ".join(live) or "nothing changed")
         if needs_restart:
             log.warning("SIGHUP: %s changed but take effect only after a restart", ", ".join(needs_restart))
+        apply_log_level(new.log_level)  # quieter now: after saying what changed
         self.notify.reloaded(self.status_line())
 
     # -- cancel, drain ----------------------------------------------------------

@@ -94,7 +94,7 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         unknown = sorted(str(k) for k in spec if k not in FIELDS)
         raise _bad(unknown[0], f"is not a task field (known: {', '.join(sorted(FIELDS))})", tid)
 
-    if tid is not None and (not isinstance(tid, str) or not _TASK_ID_RE.match(tid)):
+    if tid is not None and (not isinstance(tid, str) or not _TASK_ID_RE.fullmatch(tid)):
         raise _bad("task_id", f"must be 1..{TASK_ID_MAX} printable characters, not {tid!r:.80}", None)
 
     function, command = spec.get("function"), spec.get("command")
@@ -133,8 +133,10 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
     task_type = spec.get("task_type", "default")
     if task_type is None:
         task_type = "default"
-    if not isinstance(task_type, str) or not 0 < len(task_type) <= 100:
-        raise _bad("task_type", "must be a non-empty string of at most 100 characters", tid)
+    # Printable like a task id (no C0 control character or DEL): both end up in tables and /metrics.
+    # (fullmatch: with match, "$" let one trailing newline through.)
+    if task_type != "default" and (not isinstance(task_type, str) or not 0 < len(task_type) <= 100 or not _TASK_ID_RE.fullmatch(task_type)):
+        raise _bad("task_type", f"must be a non-empty string of at most 100 printable characters, not {task_type!r:.80}", tid)
     try:
         priority = spec.get("priority")
         priority = MEDIUM if priority is None else parse_priority(priority)
@@ -154,8 +156,8 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
     if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES_LIMIT):
         raise _bad("max_retries", f"must be an integer 0..{MAX_RETRIES_LIMIT}, not {max_retries!r}", tid)
     workflow = spec.get("workflow")
-    if workflow is not None and (not isinstance(workflow, str) or not 0 < len(workflow) <= TASK_ID_MAX):
-        raise _bad("workflow", "must be a non-empty string", tid)
+    if workflow is not None and (not isinstance(workflow, str) or not _TASK_ID_RE.fullmatch(workflow)):  # 1..TASK_ID_MAX printable
+        raise _bad("workflow", f"must be a non-empty string of at most {TASK_ID_MAX} printable characters, not {workflow!r:.80}", tid)
 
     return {
         "task_id": tid,
