@@ -112,7 +112,10 @@ class Client:
         data = encode_request(op, rid, fields)
         sock = self._sock
         sock.send(data)
-        sent_at = self._connections  # events are read only when a reply is slow: no cost here
+        # Events are read only when a reply is slow (no cost here), so the count may be
+        # stale; the first connection is never a restart: a long first wait must not
+        # be resent (the daemon would build and send the whole reply twice).
+        sent_at = max(self._connections, 1)
         budget = None if (wait_s is None and (parks or op in ("wait", "result"))) else (wait_s or 0) + self.timeout
         deadline = None if budget is None else time.monotonic() + budget
         while True:

@@ -87,6 +87,18 @@ _MIGRATIONS = {
 _spec_of = operator.attrgetter(*_SPEC_FIELDS)  # one C call: the spec fields as a tuple
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
+# sqlite3 binds only exact int, float and str without "adapting" them: for None
+# and bytes (most of a row) it searches for an adapter in vain, which costs an
+# AttributeError raised and cleared twice per parameter (about half of a flush).
+# Registered adapters are found at once; these return the value unchanged.
+sqlite3.register_adapter(type(None), _as_is)
+sqlite3.register_adapter(bytes, _as_is)
+
+
 CHECKPOINT_IDLE_COMMITS = 100  # an idle loop checkpoints once this many commits are in the WAL
 CHECKPOINT_MAX_COMMITS = 2000  # a busy one waits for this many (a few MB of WAL)
 

@@ -56,10 +56,7 @@ def _bad(field: str, why: str, task_id: Any = None) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_REQUEST, f"{where}{field} {why}", {"field": field, "task_id": task_id})
 
 
-def _number(spec: dict, field: str, tid: Any, lo: float, hi: float) -> float | None:
-    value = spec.get(field)
-    if value is None:
-        return None
+def _number(value: Any, field: str, tid: Any, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _bad(field, f"must be a number of seconds, not {value!r}" if field != "memory_limit_mb" else f"must be a number, not {value!r}", tid)
     if not lo < value <= hi:
@@ -112,7 +109,7 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
     cwd, env = spec.get("cwd"), spec.get("env")
     if cwd is not None and not isinstance(cwd, str):
         raise _bad("cwd", "must be a string path", tid)
-    if env is not None and (not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+    if env is not None and (not isinstance(env, dict) or (env and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()))):
         raise _bad("env", "must map strings to strings", tid)
 
     args = spec.get("args", [])
@@ -123,7 +120,7 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
     kwargs = spec.get("kwargs", {})
     if kwargs is None:
         kwargs = {}
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+    if not isinstance(kwargs, dict) or (kwargs and not all(isinstance(k, str) for k in kwargs)):
         raise _bad("kwargs", "must be a map with string keys", tid)
     if (args and too_deep(args, MAX_ARG_DEPTH)) or (kwargs and too_deep(kwargs, MAX_ARG_DEPTH)):
         raise _bad("args", f"nest deeper than {MAX_ARG_DEPTH} levels", tid)
@@ -144,7 +141,8 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         raise _bad("priority", str(exc).removeprefix("priority "), tid) from None
 
     deps = spec.get("dependencies") or []
-    _str_list(deps, "dependencies", tid)
+    if deps:  # most tasks have none: no generator to check an empty list
+        _str_list(deps, "dependencies", tid)
     refs = find_refs(args, []) if args else []
     if kwargs:
         find_refs(kwargs, refs)
@@ -158,6 +156,14 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
     workflow = spec.get("workflow")
     if workflow is not None and (not isinstance(workflow, str) or not _TASK_ID_RE.fullmatch(workflow)):  # 1..TASK_ID_MAX printable
         raise _bad("workflow", f"must be a non-empty string of at most {TASK_ID_MAX} printable characters, not {workflow!r:.80}", tid)
+    # Absent numbers stay None (the daemon's defaults) without a call each.
+    timeout, backoff, memory = spec.get("timeout"), spec.get("retry_backoff"), spec.get("memory_limit_mb")
+    if timeout is not None:
+        timeout = _number(timeout, "timeout", tid, 0, MAX_TIMEOUT_S)
+    if backoff is not None:
+        backoff = _number(backoff, "retry_backoff", tid, -1e-9, 3600.0)
+    if memory is not None:
+        memory = _number(memory, "memory_limit_mb", tid, 0, 1024.0 * 1024)
 
     return {
         "task_id": tid,
@@ -170,10 +176,10 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         "kwargs": kwargs,
         "priority": priority,
         "dependencies": dependencies,
-        "timeout": _number(spec, "timeout", tid, 0, MAX_TIMEOUT_S),
+        "timeout": timeout,
         "max_retries": max_retries,
-        "retry_backoff": _number(spec, "retry_backoff", tid, -1e-9, 3600.0),
-        "memory_limit_mb": _number(spec, "memory_limit_mb", tid, 0, 1024.0 * 1024),
+        "retry_backoff": backoff,
+        "memory_limit_mb": memory,
         "workflow": workflow,
         "has_refs": bool(refs),  # Ref arguments to replace by upstream results at dispatch
     }
