@@ -513,6 +513,19 @@ def test_command_killed_by_signal_is_a_failure(daemon):
     assert "SIGTERM" in ei.value.error["message"]
 
 
+def test_command_with_a_nul_byte_is_refused_at_submit_and_no_worker_dies(daemon):
+    c = daemon.client
+    pids = sorted(w["pid"] for w in c.workers())
+    with pytest.raises(RequestError) as ei:
+        c.submit_command(["echo", "a\x00b"], task_id="nul")
+    assert ei.value.code == "invalid_request" and "command" in str(ei.value)
+    with pytest.raises(RequestError):
+        c.get("nul")  # nothing was accepted
+    # A function task's label goes into the worker's title too: a NUL there is harmless.
+    assert c.result(c.submit("tests.tasks:echo", ["a\x00b"]), timeout=10) == {"args": ["a\x00b"], "kwargs": {}}
+    assert sorted(w["pid"] for w in c.workers()) == pids
+
+
 def test_command_not_found(daemon):
     c = daemon.client
     tid = c.submit_command(["/nonexistent/definitely-not-here"], max_retries=0)

@@ -257,6 +257,13 @@ def test_validate_command_spec():
         ({"task_id": "t1", "command": ["ls"], "env": {"A": 1}}, "env"),
         ({"task_id": "t1", "command": ["ls"], "cwd": ["/"]}, "cwd"),
         ({"task_id": "t1", "command": [1]}, "command"),
+        # NUL: exec and setproctitle refuse it; accepted, it crashed every worker that took it
+        ({"task_id": "t1", "command": ["echo", "a\x00b"]}, "command"),
+        ({"task_id": "t1", "command": ["ls"], "cwd": "/tmp\x00x"}, "cwd"),
+        ({"task_id": "t1", "command": ["ls"], "env": {"A\x00": "1"}}, "env"),
+        ({"task_id": "t1", "command": ["ls"], "env": {"A": "1\x00"}}, "env"),
+        ({"task_id": "t1", "command": ["ls"], "env": {"A=B": "1"}}, "env"),
+        ({"task_id": "t1", "command": ["ls"], "env": {"": "1"}}, "env"),
         ({"task_id": "t1", "function": "m:f", "colour": "red"}, "colour"),
     ],
 )

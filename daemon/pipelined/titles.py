@@ -14,4 +14,4 @@ def set_title(title: str) -> None:
     global _last
     if _set is not None and title != _last:
         _last = title
-        _set(title)
+        _set(title.replace("\0", " "))  # setproctitle refuses NUL; a title must never fail a worker

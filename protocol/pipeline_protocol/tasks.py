@@ -106,11 +106,15 @@ def validate_task_spec(spec: Any) -> dict[str, Any]:
         if not command:
             raise _bad("command", "must not be empty", tid)
         _str_list(command, "command", tid)
+        if any("\0" in arg for arg in command):  # exec could not take it
+            raise _bad("command", "must not contain NUL characters", tid)
     cwd, env = spec.get("cwd"), spec.get("env")
-    if cwd is not None and not isinstance(cwd, str):
-        raise _bad("cwd", "must be a string path", tid)
+    if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
+        raise _bad("cwd", "must be a string path without NUL characters", tid)
     if env is not None and (not isinstance(env, dict) or (env and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()))):
         raise _bad("env", "must map strings to strings", tid)
+    if env and any("\0" in k or "=" in k or not k or "\0" in v for k, v in env.items()):
+        raise _bad("env", "names must be non-empty without '=' or NUL, values without NUL", tid)
 
     args = spec.get("args", [])
     if args is None:
