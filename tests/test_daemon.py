@@ -23,6 +23,7 @@ from pipeline_protocol.codec import MAX_PAYLOAD_BYTES
 
 from .conftest import REPO, wait_for
 from .helpers import alive, cmdline, gone, wait_idle_pool, wait_status
+from .test_cli import ctl
 
 SEED_RECORD_FIELDS = {
     "task_id", "status", "result", "error", "reason", "execution_time", "start_time", "end_time",
@@ -649,6 +650,28 @@ def test_oversized_result_fails_task_and_worker_survives(daemon):
     ok_id = c.submit("tests.tasks:big_result", args=[MAX_PAYLOAD_BYTES // 2])
     assert len(c.result(ok_id, timeout=30)) == MAX_PAYLOAD_BYTES // 2
     assert {w["pid"] for w in wait_idle_pool(c, 2)} == workers_before  # no worker was lost
+
+
+@pytest.mark.timeout(90)
+def test_list_and_wait_of_many_big_results_leave_the_biggest_out_instead_of_failing(daemon):
+    """Five results of 14 MB are each under the per-result limit, but together over
+    the 64 MB a reply may carry: list and wait still answer, with the biggest
+    results left out (result_omitted), each one still readable with get."""
+    c = daemon.client
+    size = 14 * 1024 * 1024
+    ids = c.submit_many([{"function": "tests.tasks:big_result", "args": [size + i], "workflow": "big", "max_retries": 0} for i in range(5)])
+    out = c.wait(ids, timeout=60)
+    assert not out["pending"] and all(r["status"] == "completed" for r in out["tasks"])
+    for records in (out["tasks"], c.list(workflow="big")):
+        assert len(records) == 5
+        omitted = [r for r in records if r.get("result_omitted")]
+        kept = [r for r in records if not r.get("result_omitted")]
+        assert 1 <= len(omitted) < 5 and all(r["result"] is None for r in omitted)
+        assert all(len(r["result"]) >= size for r in kept)
+    for i, tid in enumerate(ids):
+        assert len(c.get(tid)["result"]) == size + i
+    cli = ctl(daemon.socket, "list", "--workflow", "big")
+    assert cli.returncode == 0, cli.stderr
 
 
 @pytest.mark.timeout(60)

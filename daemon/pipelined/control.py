@@ -121,6 +121,8 @@ def handle_payload(sup: Supervisor, envelope: list[bytes], payload: bytes | None
 def send_reply(sock: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -> None:
     try:
         data = encode(reply)
+        if len(data) > MAX_FRAME_BYTES:
+            data = _fitted(reply, len(data))
     except (TypeError, ValueError) as exc:
         data = encode(error(ErrorCode.INTERNAL, f"reply could not be encoded: {exc}", reply.get("rid")))
     try:
@@ -129,6 +131,26 @@ def send_reply(sock: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -
         log.warning("dropping a reply: the client is not reading")
     except zmq.ZMQError as exc:
         log.warning("dropping a reply: %s", exc)
+
+
+def _fitted(reply: dict[str, Any], size: int) -> bytes:
+    """A reply over the frame limit (which no client would read): a list or wait
+    of many big results. The biggest results are left out, each record saying
+    so (`result_omitted`; `get` or `result` fetches it), until the reply fits."""
+    records = reply.get("tasks")
+    if isinstance(records, list):
+        sized = sorted(((len(encode(r.get("result"))), i) for i, r in enumerate(records)), reverse=True)
+        for result_size, i in sized:
+            if size <= MAX_FRAME_BYTES - 1024 or result_size <= 1:
+                break
+            records[i] = {**records[i], "result": None, "result_omitted": True}
+            size -= result_size
+        data = encode(reply)
+        if len(data) <= MAX_FRAME_BYTES:
+            return data
+        size = len(data)
+    message = f"the reply would be {size} bytes, over the {MAX_FRAME_BYTES}-byte limit: ask for fewer tasks (limit) [too_large]"
+    return encode(error(ErrorCode.TOO_LARGE, message, reply.get("rid")))
 
 
 def serve_pending(sup: Supervisor, sock: zmq.Socket, outbox: list) -> int:
