@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from .conftest import wait_for
-from .helpers import wait_idle_pool, wait_status
+from .helpers import alive, wait_idle_pool, wait_status
 
 STORM_TASKS = 1000
 # A sleep argument nobody else uses (other test runs may share the machine), to find strays in ps.
@@ -137,3 +137,38 @@ def test_supervisor_idle_with_running_task_and_parked_wait(daemon, tmp_path):
         assert used < 0.05, f"supervisor used {used:.3f}s CPU in 1s with only far deadlines"
         Path(tmp_path / "gate").touch()
         assert c.result(tid, timeout=10) is True
+
+
+def _bg_pid(pidfile: Path) -> int:
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, what="the background job's pid")
+    return int(pidfile.read_text())
+
+
+@pytest.mark.timeout(60)
+def test_a_recycled_workers_group_leftovers_die_with_it(make_daemon, tmp_path):
+    """A command's background job stays in its worker's process group after the
+    command ends; a worker that exits cleanly (recycled) takes it along."""
+    d = make_daemon(workers=1, args=("--max-tasks-per-worker", "1"))
+    c = d.client
+    pidfile = tmp_path / "bg.pid"
+    worker = c.workers()[0]["pid"]
+    tid = c.submit_command(["sh", "-c", f"sleep 313 >/dev/null 2>&1 & echo $! > {pidfile}"], max_retries=0)
+    assert c.result(tid, timeout=20)["exit_code"] == 0
+    bg = _bg_pid(pidfile)
+    wait_for(lambda: worker not in [w["pid"] for w in c.workers()], 10, what="the worker to be recycled")
+    wait_for(lambda: not alive(bg), 10, what="the background job to die with its worker")
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_kills_strays_that_escaped_their_worker_without_a_trace(make_daemon, tmp_path):
+    """setsid + an empty environment: out of the worker's group and without the task
+    tag, re-parented to the supervisor (the subreaper). Shutdown leaves nothing."""
+    d = make_daemon(workers=1)
+    c = d.client
+    pidfile = tmp_path / "stray.pid"
+    tid = c.submit_command(["sh", "-c", f"setsid env -i sleep 314 >/dev/null 2>&1 & echo $! > {pidfile}"], max_retries=0)
+    assert c.result(tid, timeout=20)["exit_code"] == 0
+    stray = _bg_pid(pidfile)
+    wait_for(lambda: alive(stray) and psutil.Process(stray).ppid() == d.proc.pid, 10, what="the stray to be re-parented to the supervisor")
+    d.stop()
+    wait_for(lambda: not alive(stray), 10, what="the stray to be killed at shutdown")

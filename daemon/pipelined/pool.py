@@ -305,12 +305,18 @@ class WorkerPool:
         """
         gone = []
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+            try:  # look before reaping: a worker's group id stays its own until then
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 break
-            if pid == 0:
+            if info is None:
                 break
+            pid = info.si_pid
+            if pid in self.by_pid:
+                # Whatever its tasks left in its process group (a command's background
+                # job) goes with it, even when it exited cleanly (recycled, shrunk).
+                _signal(pid, signal.SIGKILL, group=True)
+            pid, status = os.waitpid(pid, 0)
             handle = self.by_pid.pop(pid, None)
             if handle is None:
                 continue
@@ -336,10 +342,17 @@ class WorkerPool:
         return out
 
     def stop_all(self, grace_s: float) -> None:
-        """Kill every worker tree and reap them, waiting up to grace_s for the reaping."""
+        """Kill every worker tree and reap them, waiting up to grace_s for the reaping.
+        Then every other descendant: strays of earlier tasks (double-forked, or
+        out of their worker's group) that were re-parented to us, the subreaper."""
         for handle in list(self.by_pid.values()):
             if handle.state != "killed":
                 self.kill(handle, "shutdown")
+        strays = set(_descendants(os.getpid())) - set(self.by_pid)
+        for pid in strays:
+            _signal(pid, signal.SIGKILL)
+        if strays:
+            log.info("killed %d leftover process(es) of earlier tasks", len(strays))
         deadline = time.monotonic() + grace_s
         while self.by_pid and time.monotonic() < deadline:
             try:
