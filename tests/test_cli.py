@@ -594,4 +594,5 @@ def test_ctrl_c_cancels_the_run(daemon, tmp_path):
     assert tasks[f"{workflow}.sleepers.0"]["status"] == "cancelled"
     assert tasks[f"{workflow}.sleepers.1"]["status"] == "cancelled"
     assert tasks[f"{workflow}.after"]["status"] in ("cancelled", "failed")
-    assert not any(w["task_id"] for w in client.workers())  # the sleepers were killed
+    # the sleepers were killed (a cancelled task that runs has 50 ms to end first)
+    wait_for(lambda: not any(w["task_id"] for w in client.workers()), 5, what="the sleepers' workers to be killed")
