@@ -267,3 +267,7 @@ def gil_bound(log_path, tag):
 
 def tuple_keyed(value):
     return {(value,): value}  # encodes (as an array key) but cannot be decoded
+
+
+def tuple_wrapping_tuple_key(value):
+    return (value, {(value, 2): "x"})  # a tuple result holding an undecodable key

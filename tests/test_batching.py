@@ -190,7 +190,8 @@ def test_a_task_hung_in_c_code_takes_no_other_result_with_it(make_daemon, tmp_pa
 
 
 @pytest.mark.timeout(60)
-def test_a_result_that_would_not_decode_fails_only_its_own_task(make_daemon):
+@pytest.mark.parametrize("function", ["tests.tasks:tuple_keyed", "tests.tasks:tuple_wrapping_tuple_key"])
+def test_a_result_that_would_not_decode_fails_only_its_own_task(make_daemon, function):
     """A dict keyed by a tuple encodes, but comes back with an unhashable list as a key:
     the worker checks that a result decodes, so the task fails with a clear error and
     the worker (and the tasks batched with it) carry on."""
@@ -198,7 +199,7 @@ def test_a_result_that_would_not_decode_fails_only_its_own_task(make_daemon):
     c = d.client
     _learn_short(c, "tests.tasks:square", [1])
     specs = [{"function": "tests.tasks:square", "args": [i], "max_retries": 0} for i in range(200)]
-    specs[100] = {"function": "tests.tasks:tuple_keyed", "args": [7], "max_retries": 0}
+    specs[100] = {"function": function, "args": [7], "max_retries": 0}
     pid = c.workers()[0]["pid"]
     ids = c.submit_many(specs)
     out = c.wait(ids, timeout=30)

@@ -674,6 +674,21 @@ def test_list_and_wait_of_many_big_results_leave_the_biggest_out_instead_of_fail
     assert cli.returncode == 0, cli.stderr
 
 
+@pytest.mark.timeout(120)
+def test_wait_of_thousands_of_moderate_results_over_the_reply_limit_still_answers(daemon):
+    """7,000 results of 10 KB: each left-out result still costs a few bytes of the
+    reply, which the first version did not count (the reply came out too_large)."""
+    c = daemon.client
+    ids = []
+    for _ in range(7):
+        ids += c.submit_many([{"function": "tests.tasks:big_result", "args": [10_000], "max_retries": 0}] * 1000)
+    out = c.wait(ids, timeout=90)
+    assert not out["pending"] and len(out["tasks"]) == 7000
+    omitted = sum(bool(r.get("result_omitted")) for r in out["tasks"])
+    assert 0 < omitted < 7000
+    assert all(len(r["result"]) == 10_000 for r in out["tasks"] if not r.get("result_omitted"))
+
+
 @pytest.mark.timeout(60)
 def test_oversized_args_rejected_at_submit(daemon):
     c = daemon.client

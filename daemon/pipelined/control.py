@@ -133,6 +133,9 @@ def send_reply(sock: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -
         log.warning("dropping a reply: %s", exc)
 
 
+OMITTED_COST = 32  # bytes a left-out result still takes: None and the result_omitted flag, rounded up
+
+
 def _fitted(reply: dict[str, Any], size: int) -> bytes:
     """A reply over the frame limit (which no client would read): a list or wait
     of many big results. The biggest results are left out, each record saying
@@ -141,10 +144,10 @@ def _fitted(reply: dict[str, Any], size: int) -> bytes:
     if isinstance(records, list):
         sized = sorted(((len(encode(r.get("result"))), i) for i, r in enumerate(records)), reverse=True)
         for result_size, i in sized:
-            if size <= MAX_FRAME_BYTES - 1024 or result_size <= 1:
+            if size <= MAX_FRAME_BYTES - 65536 or result_size <= OMITTED_COST:
                 break
             records[i] = {**records[i], "result": None, "result_omitted": True}
-            size -= result_size
+            size -= result_size - OMITTED_COST
         data = encode(reply)
         if len(data) <= MAX_FRAME_BYTES:
             return data

@@ -277,15 +277,17 @@ class WorkerTraffic:
             log.info("task %s: timed out after %gs (killed %.1f ms past the deadline)", task.task_id, task.timeout_s, late_ms)
 
     def stop_running(self, handle, now: float) -> None:
-        """The task `handle` runs was cancelled: kill its worker unless the task ends
-        within STALE_GRACE_S. Not at once: a short task has often ended already and
-        the worker started the next one, whose start is on its way to us; a kill now
-        would lose that one (it would run again)."""
+        """The task `handle` runs was cancelled, and its worker holds reserved tasks:
+        kill it unless the task ends within STALE_GRACE_S. Not at once: a short task
+        has often ended already and the worker started the next one, whose start is
+        on its way to us; a kill now would lose that one (it would run again). The
+        grace counts against max_concurrent_tasks (dispatch)."""
         handle.stop_at = now + STALE_GRACE_S
         self.stop_at = handle.stop_at if self.stop_at is None else min(self.stop_at, handle.stop_at)
 
     def _stop_stale_runs(self, now: float, wall: float) -> None:
         """Kill the workers still running a cancelled task past their grace."""
+        self.handle_worker_messages(now, wall)  # an end that just came clears its grace
         self.stop_at = None
         for handle in list(self.pool.by_pid.values()):
             if handle.stop_at is None or handle.state != "busy":
@@ -322,6 +324,8 @@ class WorkerTraffic:
         """Start a queued task on each idle worker. Returns their fills: the run
         message each gets, to which prefetch may add the tasks that follow."""
         sched, limit = self.scheduler, self.config.concurrency
+        if self.stop_at is not None:  # a cancelled task still running in its grace counts
+            limit -= sum(1 for h in self.pool.by_pid.values() if h.stop_at is not None)
         fills: list[_Fill] = []
         while sched.has_ready() and len(sched.running) < limit:
             handle = self.pool.take_idle()

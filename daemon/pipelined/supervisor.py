@@ -409,7 +409,12 @@ class Supervisor(WorkerTraffic):
             return self.scheduler.cancel(task, now, wall)
         handle = self.pool.by_pid.get(task.worker_pid)
         if handle is not None and handle.task_id == task.task_id:
-            self.stop_running(handle, now)
+            if handle.reserved and task.task_type not in self.scheduler.type_limits:
+                self.stop_running(handle, now)  # its next task's start may be on its way
+            else:  # nothing can follow it on this worker: kill now, its type slot frees now
+                self.pool.kill(handle, f"cancel of task {task.task_id}")
+                handle.task_id = None
+                self._release_reserved(handle)
         self.scheduler.cancel_running(task, now, wall)
         return True
 

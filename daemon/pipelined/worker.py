@@ -129,13 +129,17 @@ class _Inbox:
         # Not re-entered: pyzmq runs handlers inside its own blocking calls, so a
         # second signal would otherwise nest a socket call in ours. It is noted and
         # answered before the next task instead; and nothing raises into the task.
-        self.interruptible, self.poked = False, False
+        self.interruptible = False
         try:
-            # The signal can overtake the message it announces (ZeroMQ delivers
-            # through its I/O thread): give the message a moment to land.
-            if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
-                self.gather()
-            self.flush()
+            while True:  # once more if another signal came meanwhile (it only noted itself)
+                self.poked = False
+                # The signal can overtake the message it announces (ZeroMQ delivers
+                # through its I/O thread): give the message a moment to land.
+                if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
+                    self.gather()
+                self.flush()
+                if not self.poked:
+                    break
         except zmq.ZMQError:
             self.poked = True  # try again before the next task starts
         finally:
@@ -200,6 +204,11 @@ def _serve(slot: int, endpoint: str) -> None:
     signal.signal(signal.SIGUSR1, on_usr1)
     idle_title = f"pipelined: worker {slot} idle"
     while True:
+        if inbox.poked:
+            # A signal came between tasks: take its skips before picking the next
+            # run, or a run the supervisor asked back (cancel, preempt) would start.
+            inbox.poked = False
+            inbox.gather()
         if not inbox.runs:
             inbox.current = None
             inbox.flush()  # never sleep on held ends
@@ -212,12 +221,10 @@ def _serve(slot: int, endpoint: str) -> None:
         msg["s"] = time.monotonic()
         inbox.current = msg
         inbox.announced = not msg.get("p")
-        if inbox.poked or inbox.held or not inbox.announced:
+        if inbox.held or not inbox.announced:
             # The last task's end leaves before this one starts, naming it ("next"):
             # were this one to hang, crash or be killed, no finished result dies with
             # it, and the supervisor always knows which task runs (its deadline too).
-            inbox.poked = False
-            inbox.gather()
             inbox.flush()
         titles.set_title(f"pipelined: worker {slot} busy {msg['id']} {_label(msg)}")
         if _signal.getsignal(SIGUSR1) != on_usr1:
@@ -272,7 +279,7 @@ def _checked_done(item: dict) -> dict:
     result = item["result"]
     if type(result) in _PLAIN and item["error"] is None:
         return item
-    if isinstance(result, (list, dict)) and too_deep(result, MAX_RESULT_DEPTH):
+    if isinstance(result, (list, tuple, dict)) and too_deep(result, MAX_RESULT_DEPTH):
         # Replies wrap a result in a few more levels; past this the codec could not carry them.
         return _failed(item, "ResultTooDeep", f"the task's result nests deeper than {MAX_RESULT_DEPTH} levels")
     try:
@@ -281,7 +288,7 @@ def _checked_done(item: dict) -> dict:
         return _failed(item, "UnencodableResult", f"the task's result cannot be sent back (msgpack): {exc}")
     if len(data) > MAX_PAYLOAD_BYTES:
         return _failed(item, "ResultTooLarge", f"the task's result is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES} [too_large]")
-    if isinstance(result, (list, dict)):
+    if isinstance(result, (list, tuple, dict)):
         try:  # a tuple as a dict key encodes, but comes back as an unhashable list
             decode(data)
         except ValueError as exc:

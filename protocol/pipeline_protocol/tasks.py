@@ -65,11 +65,11 @@ def _number(value: Any, field: str, tid: Any, lo: float, hi: float) -> float:
 
 
 def too_deep(obj: Any, limit: int) -> bool:
-    """Iterative depth check: True when lists/maps nest deeper than `limit`."""
+    """Iterative depth check: True when lists/tuples/maps nest deeper than `limit`."""
     stack = [(obj, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, (list, dict)):
+        if isinstance(value, (list, tuple, dict)):
             if depth > limit:
                 return True
             stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
