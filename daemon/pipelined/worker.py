@@ -131,19 +131,23 @@ class _Inbox:
         # answered before the next task instead; and nothing raises into the task.
         self.interruptible = False
         try:
-            while True:  # once more if another signal came meanwhile (it only noted itself)
-                self.poked = False
-                # The signal can overtake the message it announces (ZeroMQ delivers
-                # through its I/O thread): give the message a moment to land.
-                if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
-                    self.gather()
-                self.flush()
-                if not self.poked:
-                    break
+            self.answer()
         except zmq.ZMQError:
             self.poked = True  # try again before the next task starts
         finally:
             self.interruptible = True
+
+    def answer(self) -> None:
+        """Take what a signal announced, and report (ends held, the task that runs)."""
+        while True:  # once more if another signal came meanwhile (it only noted itself)
+            self.poked = False
+            # The signal can overtake the message it announces (ZeroMQ delivers
+            # through its I/O thread): give the message a moment to land.
+            if not self.gather() and self.sock.poll(SIGNAL_GRACE_MS):
+                self.gather()
+            self.flush()
+            if not self.poked:
+                break
 
     def take(self, msg: dict) -> None:
         kind = msg.get("t")
@@ -207,8 +211,7 @@ def _serve(slot: int, endpoint: str) -> None:
         if inbox.poked:
             # A signal came between tasks: take its skips before picking the next
             # run, or a run the supervisor asked back (cancel, preempt) would start.
-            inbox.poked = False
-            inbox.gather()
+            inbox.answer()
         if not inbox.runs:
             inbox.current = None
             inbox.flush()  # never sleep on held ends
