@@ -172,3 +172,22 @@ def test_shutdown_kills_strays_that_escaped_their_worker_without_a_trace(make_da
     wait_for(lambda: alive(stray) and psutil.Process(stray).ppid() == d.proc.pid, 10, what="the stray to be re-parented to the supervisor")
     d.stop()
     wait_for(lambda: not alive(stray), 10, what="the stray to be killed at shutdown")
+
+
+@pytest.mark.timeout(60)
+def test_restart_after_kill_9_kills_what_the_dead_daemons_tasks_left(make_daemon, tmp_path):
+    """A task's setsid grandchild outlives a kill -9 of the supervisor (its workers
+    die with it, the grandchild is in its own session): the next start on the same
+    runtime dir finds it by the environment it inherited and kills it."""
+    d = make_daemon(workers=1)
+    pidfile = tmp_path / "escaped.pid"
+    d.client.submit_command(["sh", "-c", f"setsid sleep 315 >/dev/null 2>&1 & echo $! > {pidfile}; sleep 300"], max_retries=0)
+    escaped = _bg_pid(pidfile)
+    d.proc.kill()
+    d.proc.wait(10)
+    time.sleep(0.5)
+    assert alive(escaped)  # nothing else would ever stop it
+    d.start(wait=False)
+    d.wait_ready(idle=False)
+    wait_for(lambda: not alive(escaped), 10, what="the restarted daemon to kill the escaped grandchild")
+    assert "left running by an earlier run" in d.log()

@@ -126,6 +126,26 @@ def _tagged_strays(task_id: str, exclude: set[int]) -> set[int]:
     return found
 
 
+OWNER_TAG = "PIPELINED_RUNTIME_DIR"  # in the environment of every worker and task process
+
+
+def kill_leftovers(owner: str) -> int:
+    """SIGKILL the processes an earlier run of this daemon left: those whose
+    environment carries our runtime dir (one daemon per runtime dir: the lock).
+    A task's setsid descendants outlive a kill -9 of the supervisor; its workers
+    die with it (PDEATHSIG), and this catches what they had started."""
+    me, uid, killed = os.getpid(), os.getuid(), 0
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.pid == me or proc.info["uids"].real != uid or proc.environ().get(OWNER_TAG) != owner:
+                continue
+            proc.kill()
+            killed += 1
+        except psutil.Error:
+            continue
+    return killed
+
+
 def kill_tree(pid: int, task_id: str | None = None, workers: set[int] | frozenset[int] = frozenset()) -> int:
     """SIGKILL a worker, its process group and every descendant; returns how many."""
     _signal(pid, signal.SIGSTOP, group=True)

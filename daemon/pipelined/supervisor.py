@@ -42,7 +42,7 @@ from .gates import ResourceGate
 from .handlers import result_reply, wait_reply
 from .http import HttpServer  # --http: /healthz, /status, /metrics in this loop
 from .policy import Policy
-from .pool import WorkerPool, become_subreaper
+from .pool import OWNER_TAG, WorkerPool, become_subreaper, kill_leftovers
 from .scheduler import Scheduler
 from .sdnotify import Notifier
 from .store import TaskStore
@@ -143,6 +143,11 @@ class Supervisor(WorkerTraffic):
         if self.http is not None:  # http: its fd in the poller, its counters on on_change (before restore)
             self.http.attach(self.poller)
         self.restore()
+        owner = os.path.realpath(self.runtime_dir)
+        os.environ[OWNER_TAG] = owner  # before the first fork: every worker and task inherits it
+        left = kill_leftovers(owner)
+        if left:
+            log.warning("killed %d process(es) left running by an earlier run of this daemon", left)
         self.pool.fill()
 
     def restore(self) -> None:
