@@ -141,6 +141,7 @@ def test_list_with_state_and_workflow_filters(daemon):
     assert c.list(state="running") == []
     assert c.list(workflow="nope") == []
     assert len(c.list(limit=2)) == 2
+    assert [t["task_id"] for t in c.list(limit=2)] == ids[-2:]  # the newest two, oldest first
     assert [t["task_id"] for t in c.list()] == ids  # oldest first
     with pytest.raises(RequestError) as ei:
         c.list(state="sleeping")

@@ -232,7 +232,7 @@ TOOLS: dict[str, ToolSpec] = {
             "list_tasks",
             "List tasks",
             "List task records the daemon knows, oldest first, optionally only those in one state or one workflow. "
-            f"Returns {{\"tasks\": [records]}}, at most `limit` of them (default {LIST_LIMIT_DEFAULT}). " + RECORD_TEXT,
+            f"Returns {{\"tasks\": [records]}}: the newest `limit` of them (default {LIST_LIMIT_DEFAULT}). " + RECORD_TEXT,
             _schema(
                 {
                     "state": {"type": "string", "enum": list(STATES), "description": "Only tasks in this state."},

@@ -139,11 +139,12 @@ def op_list(sup: Supervisor, req: dict, envelope: list[bytes]) -> dict:
     else:
         tasks = sup.store.values()
     out = []
-    for task in tasks:
+    for task in reversed(tasks):  # the newest `limit` of them: the ones a look at the list is for
         if state is None or task.state.value == state:
             out.append(record_of(sup, task))
             if len(out) >= limit:
                 break
+    out.reverse()  # oldest first
     return {"tasks": out}
 
 

@@ -18,7 +18,7 @@ tasks in that state, not every task.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, ValuesView
 
 from pipeline_protocol import TaskState
 
@@ -73,15 +73,16 @@ class TaskStore:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def values(self) -> Iterator[Task]:
-        return iter(self._tasks.values())
+    def values(self) -> ValuesView[Task]:
+        """Every task, oldest first (reversible)."""
+        return self._tasks.values()
 
     def in_workflow(self, workflow: str) -> list[Task]:
         return [self._tasks[t] for t in self._by_workflow.get(workflow, ())]
 
-    def in_state(self, state: TaskState) -> Iterator[Task]:
-        """Tasks in `state`, in the order they entered it (do not change states while iterating)."""
-        return iter(self._by_state[state].values())
+    def in_state(self, state: TaskState) -> ValuesView[Task]:
+        """Tasks in `state`, in the order they entered it, reversible (do not change states while iterating)."""
+        return self._by_state[state].values()
 
     def load(self) -> list[Task]:
         """Tasks that survived a restart (none, for a memory store)."""
