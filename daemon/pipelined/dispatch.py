@@ -134,14 +134,7 @@ class WorkerTraffic:
         for item in msg["items"]:
             tid = item["id"]
             if handle.task_id is None and handle.reserved and handle.reserved[0] == tid:
-                if self._stale(handle, tid):
-                    # Cancelled while its run was in flight, and already over: there is
-                    # nothing left to stop, and the ends after it are real results.
-                    handle.reserved.popleft()
-                    handle.skips.pop(tid, None)
-                    handle.tasks_done += 1
-                    continue
-                if not self._start_reserved(handle, tid, item.get("s"), now, wall):
+                if not self._start_reserved(handle, tid, item.get("s"), now, wall, ended=True):
                     return
             if handle.state != "busy" or handle.task_id != tid:
                 continue  # we gave up on that attempt already (timeout, cancel)
@@ -163,38 +156,35 @@ class WorkerTraffic:
         elif handle.task_id is None and not handle.reserved and handle.state == "busy":
             self._worker_free(handle)
 
-    def _start_reserved(self, handle, task_id: Any, started: float | None, now: float, wall: float) -> bool:
+    def _start_reserved(self, handle, task_id: Any, started: float | None, now: float, wall: float, ended: bool = False) -> bool:
         """The worker started the prefetched task at the head of its reservations,
-        at `started` (monotonic, reported by the worker). False if it was killed."""
+        at `started` (monotonic, reported by the worker); `ended`: its end comes in
+        the same message. False if the worker was killed."""
         if not handle.reserved or handle.reserved[0] != task_id or handle.task_id is not None:
             log.error("worker %d started %r, which it was not given next (running %r, next reserved %r); killing it",
                       handle.pid, task_id, handle.task_id, handle.reserved[0] if handle.reserved else None)
             self._kill_worker(handle, "protocol error", FailureReason.WORKER_LOST, now, wall)
             return False
-        if self._stale(handle, task_id):
-            # Cancelled while the run was in flight, and running now: it must not go on.
-            handle.reserved.popleft()
-            handle.skips.pop(task_id, None)
-            handle.state, handle.task_id = "busy", task_id
-            self.stop_running(handle, now)
-            return True
         handle.reserved.popleft()
         why = handle.skips.pop(task_id, None)
+        handle.state, handle.task_id = "busy", task_id
         task = self.store.get(task_id)
+        if task is None or task.state is not TaskState.QUEUED or task.reserved_by != handle.pid:
+            # Cancelled (or withdrawn) while its run was in flight. Its end, when it
+            # comes, is ignored (the attempt is no longer running); if it is running
+            # now, it must not go on (stop_running). Never a kill here: the ends after
+            # it in this message, or on their way, are real results.
+            if not ended:
+                self.stop_running(handle, now)
+            return True
         if why is not None:
             log.debug("task %s: started before the worker saw the skip (%s)", task_id, why)
         # The same clock in every process; never trust a start in the future.
         started = now if not isinstance(started, float) or started > now else started
         self.scheduler.start_reserved(task, started, wall - (now - started))
-        handle.state, handle.task_id = "busy", task_id
         if task.memory_limit_mb is not None and self.next_memory_check is None:
             self.next_memory_check = now + WATCH_S
         return True
-
-    def _stale(self, handle, task_id: Any) -> bool:
-        """Is the reserved task no longer this worker's to run (cancelled, or withdrawn)?"""
-        task = self.store.get(task_id)
-        return task is None or task.state is not TaskState.QUEUED or task.reserved_by != handle.pid
 
     def _on_skipped(self, handle, task_ids: list) -> None:
         for task_id in task_ids:
@@ -277,11 +267,11 @@ class WorkerTraffic:
             log.info("task %s: timed out after %gs (killed %.1f ms past the deadline)", task.task_id, task.timeout_s, late_ms)
 
     def stop_running(self, handle, now: float) -> None:
-        """The task `handle` runs was cancelled, and its worker holds reserved tasks:
-        kill it unless the task ends within STALE_GRACE_S. Not at once: a short task
-        has often ended already and the worker started the next one, whose start is
-        on its way to us; a kill now would lose that one (it would run again). The
-        grace counts against max_concurrent_tasks (dispatch)."""
+        """The task `handle` runs was cancelled, and its worker holds (or held)
+        reserved tasks: kill it unless the task ends within STALE_GRACE_S. Not at
+        once: a short task has often ended already and the worker started the next
+        one, whose start is on its way to us; a kill now would lose that one (it
+        would run again). The grace counts against max_concurrent_tasks (dispatch)."""
         handle.stop_at = now + STALE_GRACE_S
         self.stop_at = handle.stop_at if self.stop_at is None else min(self.stop_at, handle.stop_at)
 

@@ -137,7 +137,8 @@ def kill_leftovers(owner: str) -> int:
     me, uid, killed = os.getpid(), os.getuid(), 0
     for proc in psutil.process_iter(["uids"]):
         try:
-            if proc.pid == me or proc.info["uids"].real != uid or proc.environ().get(OWNER_TAG) != owner:
+            uids = proc.info["uids"]  # None when psutil may not read it
+            if proc.pid == me or uids is None or uids.real != uid or proc.environ().get(OWNER_TAG) != owner:
                 continue
             proc.kill()
             killed += 1

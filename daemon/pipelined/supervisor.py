@@ -35,7 +35,7 @@ from pipeline_protocol.codec import MAX_FRAME_BYTES
 from pipeline_protocol.paths import socket_path_in
 
 from . import control, titles
-from .config import Config
+from .config import Config, apply_log_level, log_level_number
 from .dispatch import WorkerTraffic
 from .events import EVENTS_SOCKET, EventBus
 from .gates import ResourceGate
@@ -377,8 +377,6 @@ class Supervisor(WorkerTraffic):
             log.error("SIGHUP: configuration rejected, keeping the old one: %s", exc)
             self.notify.reloaded(self.status_line())
             return
-        from .config import apply_log_level, log_level_number  # (here: this method is all of this file the fix touches)
-
         old, self.config = self.config, new
         if log_level_number(new.log_level) < logging.getLogger().getEffectiveLevel():
             apply_log_level(new.log_level)  # more verbose now: in time to log this reload
