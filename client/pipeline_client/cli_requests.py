@@ -20,7 +20,7 @@ from pipeline_protocol import parse_priority
 from pipeline_protocol.model import PRIORITY_RANGE
 from pipeline_protocol.tasks import MAX_RETRIES_LIMIT
 
-from .tasks import int_beyond_wire, int_text
+from .tasks import int_beyond_wire, int_too_large
 
 
 class UsageError(Exception):
@@ -146,11 +146,11 @@ def _json_limit(what: str, exc: Exception) -> str:
     if isinstance(exc, RecursionError):
         return f"{what} nests too deeply to parse (arguments may nest at most 100 levels)"
     # json.loads lets int()'s digit limit through as a plain ValueError
-    return f"{what} has an integer too large to send (integers must be within -2**63..2**64-1)"
+    return f"{what} {int_too_large(None)}"
 
 
 def _wire_value(value: Any, what: str) -> Any:
     bad = int_beyond_wire(value)
     if bad is not None:
-        raise UsageError(f"{what} has the integer {int_text(bad)}, too large to send (integers must be within -2**63..2**64-1)")
+        raise UsageError(f"{what} {int_too_large(bad)}")
     return value

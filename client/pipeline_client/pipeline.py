@@ -37,7 +37,7 @@ from typing import Any
 from pipeline_protocol import ProtocolError, validate_task_spec
 
 from .errors import PipelineError
-from .tasks import int_beyond_wire, int_text
+from .tasks import int_beyond_wire, int_too_large
 
 # Keys a stage passes straight through to its tasks (the task fields of DESIGN.md).
 TASK_KEYS = frozenset(
@@ -379,8 +379,7 @@ def _check_tasks(pipeline: Pipeline, loc: _Locator) -> None:
         for key in ("args", "kwargs"):
             bad = int_beyond_wire(task.get(key))
             if bad is not None:
-                raise loc.error(f"stage {stage!r}: {key} has the integer {int_text(bad)}, too large to send "
-                                "(integers must be within -2**63..2**64-1)", ("stages", stage), key)
+                raise loc.error(f"stage {stage!r}: {key} {int_too_large(bad)}", ("stages", stage), key)
 
 
 class _Locator:

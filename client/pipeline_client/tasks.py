@@ -83,8 +83,13 @@ def int_beyond_wire(value: Any) -> int | None:
     return None
 
 
-def int_text(value: int) -> str:
-    """An integer for a message: in full unless it is huge (str() refuses past 4300 digits)."""
-    if value.bit_length() <= 256:
-        return str(value)
-    return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+def int_too_large(value: int | None) -> str:
+    """The end of a message about an integer msgpack cannot carry (None: one too
+    long even to read). Shown in full unless huge: str() refuses past 4300 digits."""
+    if value is None:
+        which = "an integer"
+    elif value.bit_length() <= 256:
+        which = f"the integer {value}"
+    else:
+        which = f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return f"has {which}, too large to send (integers must be within -2**63..2**64-1)"
